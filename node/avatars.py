@@ -1,0 +1,155 @@
+"""Avatars: the base video (or still image) a persona is lip-synced onto.
+
+`--avatar NAME_OR_PATH` is a bundled name (node/assets/avatars/NAME.mp4), a name in AVATARS_DIR,
+or a path to a video or image file. A sidecar NAME.json may carry the face and mouth boxes.
+
+`BaseVideo` decodes the file once into a content-keyed frame cache (a raw uint8 file that is
+memory-mapped), so looping, ping-pong and random access never hold the whole video in RAM and a
+second job on the same avatar skips decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from node.errors import InvalidInput, MediaError
+from node.media import IMAGE_SUFFIXES, VideoInfo, iter_video_frames
+
+BUNDLED_DIR = Path(__file__).parent / "assets" / "avatars"
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+#: Bumped when the cache layout or decode parameters change, so stale caches are ignored.
+FRAME_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AvatarSource:
+    name: str
+    path: Path
+    face_box: tuple[int, int, int, int] | None  # x1, y1, x2, y2 in source pixels, when known
+    mouth_box: tuple[int, int, int, int] | None
+
+
+def resolve_avatar(name_or_path: str, avatars_dir: Path | None = None) -> AvatarSource:
+    """Find the avatar file; raises InvalidInput(avatar_not_found)."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES or os.sep in name_or_path:
+        if candidate.is_file():
+            return _with_sidecar(candidate.stem, candidate)
+        raise InvalidInput("avatar_not_found", f"avatar file {name_or_path} does not exist")
+    for folder in ([avatars_dir] if avatars_dir else []) + [BUNDLED_DIR]:
+        for suffix in sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES):
+            path = folder / f"{name_or_path}{suffix}"
+            if path.is_file():
+                return _with_sidecar(name_or_path, path)
+    raise InvalidInput("avatar_not_found",
+                       f"avatar {name_or_path!r} is neither a bundled avatar, in AVATARS_DIR, nor a file")
+
+
+def list_bundled_avatars() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+
+
+def _with_sidecar(name: str, path: Path) -> AvatarSource:
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    box = lambda key: tuple(int(v) for v in meta[key]) if meta.get(key) else None  # noqa: E731
+    return AvatarSource(name=name, path=path, face_box=box("face_box"), mouth_box=box("mouth_box"))
+
+
+def validate_video(info: VideoInfo | None, name: str, max_side_px: int,
+                   min_fps: float, max_fps: float) -> VideoInfo:
+    """The base video limits; each rejection has its own error code."""
+    if info is None:
+        raise InvalidInput("avatar_no_video_stream", f"avatar {name} has no video stream")
+    if max(info.width, info.height) > max_side_px:
+        raise InvalidInput("avatar_too_large", f"avatar {name} is {info.width}x{info.height}; "
+                           f"the limit is {max_side_px} px a side")
+    if min(info.width, info.height) < 16:
+        raise InvalidInput("avatar_too_small", f"avatar {name} is {info.width}x{info.height}; "
+                           "at least 16 px a side is needed")
+    if not info.is_still and not (min_fps <= float(info.fps) <= max_fps):
+        raise InvalidInput("avatar_fps_out_of_range", f"avatar {name} runs at {float(info.fps):.3f} fps; "
+                           f"supported: {min_fps:g} to {max_fps:g}")
+    return info
+
+
+class BaseVideo:
+    """The decoded frames of an avatar, random-access, backed by a memory-mapped cache file.
+
+    frames[i] is uint8 (H, W, 3) BGR. Build with `BaseVideo.open(source, info, cache_dir)`."""
+
+    def __init__(self, source: AvatarSource, info: VideoInfo, frames: np.ndarray):
+        self.source, self.info, self.frames = source, info, frames
+        self.height, self.width = frames.shape[1:3]
+        self.fps: Fraction = info.fps
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @classmethod
+    def open(cls, source: AvatarSource, info: VideoInfo, cache_dir: Path) -> "BaseVideo":
+        key = _content_key(source.path, info)
+        folder = Path(cache_dir) / key
+        raw, meta_path = folder / "frames.u8", folder / "frames.json"
+        if not meta_path.is_file():
+            _decode_into(source.path, info, folder)
+        meta = json.loads(meta_path.read_text())
+        frames = np.memmap(raw, dtype=np.uint8, mode="r",
+                           shape=(meta["frames"], meta["height"], meta["width"], 3))
+        return cls(source, info, frames)
+
+    def pingpong_indices(self, count: int, start: int = 0) -> np.ndarray:
+        """Source frame index for each of `count` output frames, looping forth and back
+        (0 1 2 3 2 1 0 1 ...) so the loop has no jump cut."""
+        n = len(self)
+        t = np.arange(start, start + count)
+        if n == 1:
+            return np.zeros(count, dtype=np.int64)
+        period = 2 * n - 2
+        phase = t % period
+        return np.where(phase < n, phase, period - phase).astype(np.int64)
+
+
+def _content_key(path: Path, info: VideoInfo) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(f"v{FRAME_CACHE_VERSION}:{info.width}x{info.height}@{info.fps}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_into(path: Path, info: VideoInfo, folder: Path) -> None:
+    """Decode to folder/frames.u8, published atomically by writing frames.json last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"frames.u8.{os.getpid()}.tmp"
+    count = 0
+    try:
+        with open(tmp, "wb") as out:
+            for batch in iter_video_frames(path, info.width, info.height,
+                                           fps=None if info.is_still else info.fps):
+                out.write(batch.tobytes())
+                count += len(batch)
+                if info.is_still:
+                    break
+        if count == 0:
+            raise MediaError(f"{path.name} decoded to no frames", code="avatar_unreadable")
+        if info.is_still:
+            count = 1
+            with open(tmp, "r+b") as out:
+                out.truncate(info.width * info.height * 3)
+        os.replace(tmp, folder / "frames.u8")
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"frames": count, "width": info.width, "height": info.height, "fps": str(info.fps),
+            "version": FRAME_CACHE_VERSION}
+    meta_tmp = folder / f"frames.json.{os.getpid()}.tmp"
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(meta_tmp, folder / "frames.json")

@@ -1,0 +1,159 @@
+"""The strategy chain: which steps a job tries, in which order, and what each produces.
+
+    1 lipsync     local engines (LIPSYNC_ENGINE_ORDER: musetalk, wav2lip) and the SyncLabs API
+    2 full_video  Higgsfield, then HeyGen (FULL_VIDEO_PROVIDER_ORDER)
+    3 base_video  the speech over the base video, looped forth and back: always succeeds
+
+A step is skipped with a recorded reason when it cannot run here (no weights, no key), and a
+failure is recorded before the chain moves on. Steps produce either frames (local engines; the
+pipeline encodes them as they come) or a finished file (remote APIs; the pipeline re-encodes it
+to the output contract with our audio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from node.avatars import BaseVideo
+from node.config import Settings
+from node.engines.base import LipSyncEngine, Speech
+from node.job import Job, Strategy
+
+
+@dataclass
+class Attempt:
+    stage: str  # tts | lipsync | full_video | base_video
+    provider: str
+    outcome: str  # skipped | failed | succeeded | interrupted
+    code: str | None = None
+    reason: str | None = None
+    duration_s: float | None = None  # seconds; None for a skipped step
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class FrameRendition:
+    """Frames to encode: `frame_count` frames of width x height at fps, in uint8 BGR batches."""
+
+    width: int
+    height: int
+    fps: Fraction
+    frame_count: int
+    batches: Iterator[np.ndarray] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class FileRendition:
+    """A finished video from a remote API, re-encoded to the output contract by the pipeline."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    job: Job
+    base: BaseVideo
+    speech: Speech
+    frame_count: int
+    batch_size: int
+    workdir: Path
+
+
+class Step(Protocol):
+    stage: str
+    name: str
+
+    def unavailable_reason(self) -> str | None: ...
+
+    def produce(self, inputs: StepInputs) -> FrameRendition | FileRendition: ...
+
+
+class EngineStep:
+    """Strategy 1 with a local engine."""
+
+    stage = Strategy.lipsync.value
+
+    def __init__(self, engine: LipSyncEngine):
+        self.engine, self.name = engine, engine.name
+
+    def unavailable_reason(self) -> str | None:
+        return self.engine.unavailable_reason()
+
+    def produce(self, inputs: StepInputs) -> FrameRendition:
+        base = inputs.base
+        batches = self.engine.frames(base, inputs.speech, inputs.frame_count, inputs.batch_size)
+        return FrameRendition(base.width, base.height, base.fps, inputs.frame_count, batches)
+
+
+class BaseVideoStep:
+    """Strategy 3: the base video looped forth and back under the speech. Needs nothing."""
+
+    stage, name = Strategy.base_video.value, "base_video"
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def produce(self, inputs: StepInputs) -> FrameRendition:
+        base, count = inputs.base, inputs.frame_count
+        indices = base.pingpong_indices(count)
+        batches = (np.asarray(base.frames[indices[i:i + inputs.batch_size]])
+                   for i in range(0, count, inputs.batch_size))
+        return FrameRendition(base.width, base.height, base.fps, count, batches)
+
+
+class RemoteStep:
+    """A remote provider that is named by the configuration but whose client is not present in
+    this build, or that lacks its keys: always skipped, with the reason."""
+
+    def __init__(self, stage: str, name: str, reason: str):
+        self.stage, self.name, self._reason = stage, name, reason
+
+    def unavailable_reason(self) -> str | None:
+        return self._reason
+
+    def produce(self, inputs: StepInputs) -> FileRendition:  # pragma: no cover - never available
+        raise NotImplementedError(self.name)
+
+
+_REMOTE_KEYS = {
+    "synclabs": ("SYNCLABS_API_KEY",),
+    "higgsfield": ("HIGGSFIELD_API_KEY_ID", "HIGGSFIELD_API_KEY_SECRET"),
+    "heygen": ("HEYGEN_API_KEY",),
+}
+
+
+def _remote_step(stage: str, name: str, settings: Settings) -> Step:
+    keys = _REMOTE_KEYS.get(name)
+    if keys is None:
+        return RemoteStep(stage, name, f"unknown provider {name!r} in the configuration")
+    unset = [k for k in keys if getattr(settings, k.lower()) is None]
+    if unset:
+        return RemoteStep(stage, name, f"not configured: {' and '.join(unset)} not set")
+    return RemoteStep(stage, name, f"the {name} client is not in this build yet")
+
+
+def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine]) -> list[Step]:
+    """The ordered steps for `job`: `--strategy` picks strategies, `--engine` pins strategy 1."""
+    strategies = ([Strategy.lipsync, Strategy.full_video, Strategy.base_video]
+                  if job.strategy is Strategy.auto else [job.strategy])
+    steps: list[Step] = []
+    for strategy in strategies:
+        if strategy is Strategy.lipsync:
+            names = [job.engine.value] if job.engine else settings.lipsync_engines
+            for name in names:
+                if name in engines:
+                    steps.append(EngineStep(engines[name]))
+                else:
+                    steps.append(_remote_step(strategy.value, name, settings))
+        elif strategy is Strategy.full_video:
+            steps += [_remote_step(strategy.value, name, settings) for name in settings.full_video_providers]
+        else:
+            steps.append(BaseVideoStep())
+    return steps

@@ -1,0 +1,152 @@
+"""`lipsync-node` command line.
+
+Exit codes: 0 success, 1 every strategy failed, 2 invalid input (code and sentence on stderr).
+With `--json`, stdout carries exactly one JSON object and nothing else; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+from node.config import Settings, get_settings
+from node.errors import Cancelled, InvalidInput, LipsyncError
+from node.job import Engine, Strategy, parse_job
+from node.logs import configure_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Self-hosted render node for lip-synced talking-head videos.")
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        field = str(err["loc"][0]).upper() if err.get("loc") else "?"
+        _fail(EXIT_INVALID, "invalid_setting", f"{field}: {err['msg']}")
+    configure_logging(settings.log_level, settings.use_json_logging)
+    return settings
+
+
+def _fail(exit_code: int, code: str, message: str, as_json: bool = False, **extra) -> None:
+    if as_json:
+        print(json.dumps({"status": "failed", "error": {"code": code, "message": message}, **extra}))
+    typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+@app.command()
+def render(
+    persona: str = typer.Option("papa_noel", help="Persona name (a file in node/personas or PERSONAS_DIR)."),
+    text: Optional[str] = typer.Option(None, help="What the persona says."),
+    audio: Optional[Path] = typer.Option(None, help="Use this speech instead of text-to-speech."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output MP4 (default OUTPUT_DIR/ID.mp4)."),
+    avatar: Optional[str] = typer.Option(None, help="Bundled avatar name, a name in AVATARS_DIR, or a file."),
+    strategy: Strategy = typer.Option(Strategy.auto, help="Which strategies to try."),
+    engine: Optional[Engine] = typer.Option(None, help="Pin the lip-sync engine (strategy 1)."),
+    video_id: Optional[str] = typer.Option(None, "--video-id", help="Job id (default: generated)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON result object on stdout."),
+) -> None:
+    """Render one video now, in this process."""
+    settings = _settings()
+    request = {"video_id": video_id, "persona": persona, "text": text,
+               "audio": str(audio) if audio else None, "avatar": avatar,
+               "strategy": strategy.value, "engine": engine.value if engine else None}
+    try:
+        job = parse_job(request, max_text_chars=settings.max_text_chars)
+    except InvalidInput as e:
+        _fail(EXIT_INVALID, e.code, e.message, as_json, video_id=video_id)
+
+    from node.pipeline import Renderer  # heavy imports only once the input is known to be valid
+
+    renderer = Renderer(settings)
+    try:
+        with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
+            result = renderer.render(job, output, progress=progress)
+    except InvalidInput as e:
+        _fail(EXIT_INVALID, e.code, e.message, as_json, video_id=job.video_id)
+    except (LipsyncError, Cancelled) as e:
+        _fail(EXIT_FAILED, e.code, e.message, as_json, video_id=job.video_id)
+    if as_json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    elif result.status == "succeeded":
+        typer.echo(f"{result.output}  ({result.strategy}/{_provider(result)}, "
+                   f"{result.duration_s:.2f}s of video in {result.timings_s['total']:.2f}s)")
+    if result.status != "succeeded":
+        if not as_json:
+            typer.echo(f"error: {result.error['code']}: {result.error['message']}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def health(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """What this node can do: engines (with licences), providers, encoder, binaries."""
+    settings = _settings()
+    from node.health import node_health
+
+    report = node_health(settings)
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lipsync-node health")
+    for col in ("component", "name", "ready", "detail", "licence"):
+        table.add_column(col)
+    for row in report["components"]:
+        table.add_row(row["kind"], row["name"], "yes" if row["ready"] else "no",
+                      row.get("reason") or "", row.get("licence") or "")
+    Console().print(table)
+    Console().print(f"encoder: {report['encoder']['codec']} ({report['encoder']['reason']})")
+
+
+@app.command()
+def personas() -> None:
+    """List the personas this node knows."""
+    settings = _settings()
+    from node.personas import list_personas
+
+    for name in list_personas(settings.personas_dir):
+        typer.echo(name)
+
+
+def _provider(result) -> str:
+    return result.providers.get("lipsync") or result.providers.get("video") or "?"
+
+
+class _progress_bar:
+    """A rich progress bar on a TTY; a no-op callback otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._bar, self._task = enabled, None, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("frames", total=None)
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,69 @@
+"""Errors with a stable `code` (what clients and the DLQ match on) and a `retryable` flag.
+
+    LipsyncError                   code, retryable, message (never contains a secret)
+    ├── InvalidInput               bad job field or unusable media; never retried
+    ├── Unavailable                an engine/provider cannot run here (no weights, no key): skip it
+    ├── RenderFailed               an engine/provider ran and failed; the chain moves on
+    │   └── MediaError             ffmpeg/ffprobe failed on something we produced
+    ├── AllStrategiesFailed        nothing in the chain produced a video
+    └── Cancelled                  stopped at a batch boundary (drain, lost lease): requeue it
+
+Lower-layer errors (subprocess, httpx, redis) are translated where they happen, `raise ... from e`.
+"""
+
+from __future__ import annotations
+
+
+class LipsyncError(Exception):
+    code: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidInput(LipsyncError):
+    """The job itself is wrong; retrying cannot help."""
+
+    code = "invalid_input"
+    retryable = False
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message, code=code)
+
+
+class Unavailable(LipsyncError):
+    """An engine or provider is not set up on this node (weights, keys, code): skipped."""
+
+    code = "unavailable"
+
+
+class RenderFailed(LipsyncError):
+    """An engine or provider tried and failed."""
+
+    code = "render_failed"
+    retryable = True
+
+
+class MediaError(RenderFailed):
+    code = "media_error"
+
+
+class AllStrategiesFailed(LipsyncError):
+    code = "all_strategies_failed"
+    retryable = True
+
+
+class Cancelled(LipsyncError):
+    """The render was stopped at a batch boundary (drain, lost lease); not a failure of the job."""
+
+    code = "cancelled"
+    retryable = True

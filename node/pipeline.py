@@ -1,0 +1,264 @@
+"""Render one job: validate media, make the speech, walk the strategy chain, encode.
+
+`Renderer` is built once per process (engines keep their models loaded, the encoder is probed
+once) and `render(job)` is called per job. Invalid input raises `InvalidInput`; everything else
+ends in a `RenderResult`, succeeded or failed, with every attempt recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from node.avatars import BaseVideo, resolve_avatar, validate_video
+from node.chain import Attempt, FileRendition, FrameRendition, StepInputs, plan_steps
+from node.config import Settings
+from node.encoder import EncoderChoice, VideoEncoder, choose_encoder
+from node.engines import LipSyncEngine, Speech, build_local_engines
+from node.errors import Cancelled, InvalidInput, LipsyncError, MediaError, RenderFailed
+from node.job import Job
+from node.logs import debug_enabled, job_context
+from node.media import decode_audio, iter_video_frames, probe, use_binaries
+from node.personas import Persona, load_persona
+from providers.base import ProviderError, TextToSpeech
+from providers.espeak import EspeakTTS
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (frames done, frames total)
+
+
+@dataclass
+class RenderResult:
+    video_id: str
+    status: str  # succeeded | failed
+    output: str | None
+    strategy: str | None
+    providers: dict[str, str]
+    duration_s: float | None
+    attempts: list[Attempt]
+    timings_s: dict[str, float]
+    encoder: str | None = None
+    error: dict[str, str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"video_id": self.video_id, "status": self.status, "output": self.output,
+               "strategy": self.strategy, "providers": self.providers, "duration_s": self.duration_s,
+               "attempts": [a.as_dict() for a in self.attempts], "timings_s": self.timings_s,
+               "encoder": self.encoder}
+        if self.error:
+            out["error"] = self.error
+        return out | self.extra
+
+
+class Renderer:
+    def __init__(self, settings: Settings, *, engines: dict[str, LipSyncEngine] | None = None,
+                 tts: list[TextToSpeech] | None = None, encoder: EncoderChoice | None = None):
+        self.settings = settings
+        use_binaries(settings.ffmpeg_binary, settings.ffprobe_binary)
+        self.engines = engines if engines is not None else build_local_engines(settings)
+        self.tts = tts if tts is not None else [EspeakTTS(settings.espeak_binary)]
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> EncoderChoice:
+        if self._encoder is None:  # probed on first use, once per process
+            self._encoder = choose_encoder(self.settings.video_encoder)
+            log.info("video encoder: %s (%s)", self._encoder.codec, self._encoder.reason)
+        return self._encoder
+
+    def render(self, job: Job, output: Path | None = None, *, progress: Progress | None = None,
+               should_stop: Callable[[], bool] | None = None) -> RenderResult:
+        output = Path(output) if output else self.settings.output_dir / f"{job.video_id}.mp4"
+        with job_context(job.video_id):
+            workdir = self.settings.temp_dir / f"{job.video_id}-{uuid.uuid4().hex[:8]}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                return self._render(job, output, workdir, progress, should_stop)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _render(self, job, output, workdir, progress, should_stop) -> RenderResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        attempts: list[Attempt] = []
+        persona = load_persona(job.persona, self.settings.personas_dir, self.settings.environ())
+        base = self._open_avatar(job.avatar or persona.avatar)
+        speech = self._speech(job, persona, workdir, attempts, timings)
+        frame_count = max(1, math.ceil(speech.duration_s * float(base.fps) - 1e-9))
+        inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir)
+        log.info("rendering %d frames at %s fps (%.2fs of speech from %s) on avatar %s",
+                 frame_count, base.fps, speech.duration_s, speech.provider, base.source.name)
+
+        for step in plan_steps(job, self.settings, self.engines):
+            reason = step.unavailable_reason()
+            if reason:
+                log.info("%s: skipped: %s", step.name, reason)
+                attempts.append(Attempt(step.stage, step.name, "skipped", "unavailable", reason))
+                continue
+            t0 = time.perf_counter()
+            try:
+                stage_times = self._encode(step.produce(inputs), speech, output, frame_count,
+                                           progress, should_stop)
+            except Cancelled as e:
+                attempts.append(Attempt(step.stage, step.name, "interrupted", e.code, e.message,
+                                        round(time.perf_counter() - t0, 3)))
+                raise
+            except (LipsyncError, ProviderError) as e:
+                self._record_failure(attempts, step, e.code, e.message, t0)
+                continue
+            except Exception as e:  # an engine bug must not take the chain down with it
+                log.error("%s: unexpected %s", step.name, type(e).__name__, exc_info=debug_enabled())
+                self._record_failure(attempts, step, "internal_error", f"{type(e).__name__}: {e}", t0)
+                continue
+            attempts.append(Attempt(step.stage, step.name, "succeeded",
+                                    duration_s=round(time.perf_counter() - t0, 3)))
+            timings |= stage_times
+            timings["total"] = round(time.perf_counter() - started, 3)
+            kind = "lipsync" if step.stage == "lipsync" else "video"
+            log.info("succeeded with %s/%s in %.2fs: %s", step.stage, step.name, timings["total"], output)
+            return RenderResult(job.video_id, "succeeded", str(output), step.stage,
+                                {"tts": speech.provider, kind: step.name}, round(speech.duration_s, 3),
+                                attempts, timings, self.encoder.codec)
+
+        timings["total"] = round(time.perf_counter() - started, 3)
+        log.error("all_strategies_failed: every step of the chain failed or was skipped")
+        return RenderResult(job.video_id, "failed", None, None, {"tts": speech.provider},
+                            round(speech.duration_s, 3), attempts, timings, None,
+                            {"code": "all_strategies_failed",
+                             "message": "every strategy failed or was unavailable; see attempts"})
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _open_avatar(self, name: str) -> BaseVideo:
+        s = self.settings
+        source = resolve_avatar(name, s.avatars_dir)
+        try:
+            info = probe(source.path)
+        except MediaError as e:
+            raise InvalidInput("avatar_unreadable", f"avatar {source.name} cannot be read: {e.message}") from e
+        info = validate_video(info.video, source.name, s.max_video_side_px, s.min_video_fps, s.max_video_fps)
+        try:
+            return BaseVideo.open(source, info, s.avatar_cache_dir)
+        except MediaError as e:
+            raise InvalidInput("avatar_unreadable", f"avatar {source.name} cannot be decoded: {e.message}") from e
+
+    def _speech(self, job: Job, persona: Persona, workdir: Path, attempts: list[Attempt],
+                timings: dict[str, float]) -> Speech:
+        t0 = time.perf_counter()
+        if job.audio is not None:
+            speech = self._load_speech(Path(job.audio), "upload")
+        else:
+            speech = self._synthesize(job.text, persona, workdir, attempts)
+        timings["tts"] = round(time.perf_counter() - t0, 3)
+        return speech
+
+    def _synthesize(self, text: str, persona: Persona, workdir: Path, attempts: list[Attempt]) -> Speech:
+        for tts in self.tts:
+            reason = tts.unavailable_reason()
+            if reason:
+                log.info("tts %s: skipped: %s", tts.name, reason)
+                attempts.append(Attempt("tts", tts.name, "skipped", "unavailable", reason))
+                continue
+            t0 = time.perf_counter()
+            try:
+                spoken = tts.synthesize(text, persona, workdir)
+                speech = self._load_speech(spoken.path, spoken.provider)
+            except (ProviderError, LipsyncError) as e:
+                log.warning("tts %s: failed: %s", tts.name, e)
+                attempts.append(Attempt("tts", tts.name, "failed", e.code, e.message,
+                                        round(time.perf_counter() - t0, 3)))
+                continue
+            attempts.append(Attempt("tts", tts.name, "succeeded", duration_s=round(time.perf_counter() - t0, 3)))
+            return speech
+        raise RenderFailed("no text-to-speech provider produced audio; see attempts", code="tts_failed")
+
+    def _load_speech(self, path: Path, provider: str) -> Speech:
+        limit = self.settings.max_audio_seconds
+        try:
+            info = probe(path)
+            if info.audio_duration_s is None:
+                raise MediaError(f"{path.name} has no audio stream", code="audio_unreadable")
+            if info.audio_duration_s > limit + 1:  # checked before decoding a huge file
+                raise InvalidInput("audio_too_long", f"audio is {info.audio_duration_s:.1f}s; the limit is "
+                                   f"{limit:g}s (MAX_AUDIO_SECONDS)")
+            samples = decode_audio(path, Speech.SAMPLE_RATE)
+        except MediaError as e:
+            raise InvalidInput("audio_unreadable", f"audio cannot be read: {e.message}") from e
+        duration = len(samples) / Speech.SAMPLE_RATE
+        if duration > limit:
+            raise InvalidInput("audio_too_long", f"audio is {duration:.1f}s; the limit is {limit:g}s "
+                               "(MAX_AUDIO_SECONDS)")
+        if duration < 0.05 or not np.any(np.abs(samples) > 1e-4):
+            raise InvalidInput("audio_empty", "audio is silent or shorter than 50 ms")
+        return Speech(path, samples, duration, provider)
+
+    # --- output --------------------------------------------------------------------------------
+
+    def _encode(self, rendition: FrameRendition | FileRendition, speech: Speech, output: Path,
+                frame_count: int, progress: Progress | None, should_stop) -> dict[str, float]:
+        if isinstance(rendition, FileRendition):
+            rendition = _frames_of_file(rendition.path, frame_count)
+        s = self.settings
+        encoder = VideoEncoder(output, rendition.width, rendition.height, rendition.fps, speech.path,
+                               speech.duration_s, codec=self.encoder.codec, crf=s.video_crf,
+                               preset=s.x264_preset, audio_bitrate_kbps=s.audio_bitrate_kbps)
+        produce_s = 0.0
+        with encoder:
+            batches = iter(rendition.batches)
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                produce_s += time.perf_counter() - t0
+                if batch is None:
+                    break
+                encoder.write(batch)
+                if progress:
+                    progress(min(encoder.frames_written, frame_count), frame_count)
+                if should_stop and should_stop():  # a batch boundary: the drain point
+                    raise Cancelled(f"stopped after {encoder.frames_written} of {frame_count} frames")
+            if encoder.frames_written != rendition.frame_count:
+                raise RenderFailed(f"produced {encoder.frames_written} frames, expected "
+                                   f"{rendition.frame_count}", code="frame_count_mismatch")
+            encoder.close()
+        return {"lipsync": round(produce_s, 3), "encode": round(encoder.blocked_s, 3)}
+
+    @staticmethod
+    def _record_failure(attempts: list[Attempt], step, code: str, message: str, t0: float) -> None:
+        log.warning("%s: failed: %s: %s", step.name, code, message)
+        attempts.append(Attempt(step.stage, step.name, "failed", code, message,
+                                round(time.perf_counter() - t0, 3)))
+
+
+def _frames_of_file(path: Path, frame_count: int) -> FrameRendition:
+    """A provider's video as frames, padded with its last frame if shorter than the speech."""
+    info = probe(path).video
+    if info is None:
+        raise RenderFailed(f"provider output {path.name} has no video stream", code="provider_bad_output")
+
+    def batches():
+        sent, last = 0, None
+        for batch in iter_video_frames(path, info.width, info.height, fps=info.fps):
+            batch = batch[: frame_count - sent]
+            if len(batch):
+                sent, last = sent + len(batch), batch[-1]
+                yield batch
+            if sent >= frame_count:
+                return
+        if last is None:
+            raise RenderFailed(f"provider output {path.name} has no frames", code="provider_bad_output")
+        while sent < frame_count:
+            n = min(16, frame_count - sent)
+            sent += n
+            yield np.repeat(last[None], n, axis=0)
+
+    return FrameRendition(info.width, info.height, info.fps, frame_count, batches())

@@ -1,0 +1,106 @@
+"""The `lipsync-node` command as a user runs it: a real process, exit codes, stdout/stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, make_speech, make_video, require_tool
+
+
+def run_cli(args: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.endswith(("_API_KEY", "_KEY_ID", "_KEY_SECRET"))}
+    environ.update(WEIGHTS_DIR=str(tmp_path / "w"), OUTPUT_DIR=str(tmp_path / "out"),
+                   TEMP_DIR=str(tmp_path / "tmp"), AVATAR_CACHE_DIR=str(tmp_path / "cache"),
+                   X264_PRESET="ultrafast", VIDEO_ENCODER="libx264", **env)
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=environ, timeout=300)
+
+
+def test_render_json_prints_one_object(tmp_path, ffprobe):
+    require_tool("espeak-ng")
+    proc = run_cli(["render", "--persona", "papa_noel", "--text", "¡Jo, jo, jo! Hola Lucía",
+                    "-o", "o.mp4", "--json", "--video-id", "cli-1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # exactly one JSON document, nothing else on stdout
+    assert result["video_id"] == "cli-1" and result["status"] == "succeeded"
+    assert result["output"] == "o.mp4" and (tmp_path / "o.mp4").stat().st_size > 1000
+    assert result["strategy"] == "base_video"
+    assert result["providers"] == {"tts": "espeak", "video": "base_video"}
+    assert set(result["timings_s"]) == {"tts", "lipsync", "encode", "total"}
+    assert result["duration_s"] > 0.5
+    skipped = {a["provider"]: a for a in result["attempts"] if a["outcome"] == "skipped"}
+    assert "run scripts/download_weights.py --engine wav2lip" in skipped["wav2lip"]["reason"]
+    assert "SYNCLABS_API_KEY" in skipped["synclabs"]["reason"]
+    # the log explains each skip, on stderr
+    assert "wav2lip: skipped: weights not found in WEIGHTS_DIR" in proc.stderr
+    assert "\x1b[" not in proc.stdout  # no progress bar in --json mode
+
+
+def test_invalid_input_exits_2_with_code_and_no_traceback(tmp_path):
+    proc = run_cli(["render", "--text", "hola", "--video-id", "bad id!"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: invalid_video_id: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_media_exits_2(tmp_path, ffprobe):
+    make_speech(tmp_path / "s.wav", 0.5)
+    proc = run_cli(["render", "--audio", "s.wav", "--avatar", "nobody", "--json"], tmp_path)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"]["code"] == "avatar_not_found"
+    assert "error: avatar_not_found: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_strategy_failing_exits_1(tmp_path, ffprobe):
+    make_speech(tmp_path / "s.wav", 0.5)
+    make_video(tmp_path / "a.mp4", seconds=0.4)
+    proc = run_cli(["render", "--audio", "s.wav", "--avatar", "a.mp4", "--strategy", "lipsync",
+                    "--engine", "mock", "--json"], tmp_path)  # mock is off outside tests
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed" and result["error"]["code"] == "all_strategies_failed"
+    assert result["attempts"][0]["reason"].startswith("ENABLE_MOCK_ENGINE is off")
+
+
+def test_mock_engine_via_setting_and_bundled_avatar(tmp_path, ffprobe):
+    make_speech(tmp_path / "s.wav", 0.6)
+    proc = run_cli(["render", "--audio", "s.wav", "--engine", "mock", "--avatar", "demo", "--json"],
+                   tmp_path, ENABLE_MOCK_ENGINE="true")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["providers"] == {"tts": "upload", "lipsync": "mock"}
+    assert Path(result["output"]).parent == tmp_path / "out"  # OUTPUT_DIR/ID.mp4 by default
+
+
+def test_json_logging_lines_carry_the_video_id(tmp_path, ffprobe):
+    make_speech(tmp_path / "s.wav", 0.5)
+    proc = run_cli(["render", "--audio", "s.wav", "--strategy", "base_video", "--video-id", "j1"],
+                   tmp_path, USE_JSON_LOGGING="true", LOG_LEVEL="DEBUG")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    job_lines = [ln for ln in lines if ln["logger"] == "node.pipeline"]
+    assert job_lines and all(ln["video_id"] == "j1" for ln in job_lines)
+    assert {"ts", "level", "msg"} <= set(job_lines[0])
+
+
+def test_bad_setting_is_a_clear_error(tmp_path):
+    proc = run_cli(["render", "--text", "hola"], tmp_path, MAX_JOB_ATTEMPTS="zero")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: invalid_setting: MAX_JOB_ATTEMPTS")
+
+
+def test_health_lists_engines_with_licences(tmp_path):
+    proc = run_cli(["health", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    engines = {c["name"]: c for c in report["components"] if c["kind"] == "engine"}
+    assert "non-commercial" in engines["wav2lip"]["licence"]
+    assert "MIT" in engines["musetalk"]["licence"]
+    assert report["encoder"]["codec"] == "libx264"
+    assert report["engine_order"] == ["musetalk", "wav2lip", "synclabs"]
