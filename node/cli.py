@@ -132,10 +132,13 @@ class _progress_bar:
     def __enter__(self):
         if not self.enabled:
             return None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+        # stderr, like the logs: stdout stays for results
         self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                             MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+                             MofNCompleteColumn(), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True)
         self._bar.start()
         self._task = self._bar.add_task("frames", total=None)
         return self._update

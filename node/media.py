@@ -138,7 +138,7 @@ def _probe_ffmpeg(path: Path) -> MediaInfo:
         still = _is_still(path, "")
         fm = _FPS_RE.search(line)
         fps = STILL_IMAGE_FPS if still else (
-            Fraction(fm[1]).limit_denominator(1001) * (1000 if fm[2] else 1) if fm else Fraction(0))
+            _printed_rate(fm[1]) * (1000 if fm[2] else 1) if fm else Fraction(0))
         video_info = VideoInfo(int(vm[2]), int(vm[3]), fps, duration, 1 if still else None, still, vm[1])
     has_audio = re.search(r"Stream #\S+.*?: Audio:", text) is not None
     return MediaInfo(path, video_info, duration if has_audio else None, duration)
@@ -195,6 +195,15 @@ def iter_video_frames(path: Path, width: int, height: int, fps: Fraction | None 
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _printed_rate(text: str) -> Fraction:
+    """ffmpeg prints rates rounded ("29.97"); recover the exact integer or NTSC (N*1000/1001) rate."""
+    value = float(text)
+    for exact in (Fraction(round(value)), Fraction(round(value * 1.001) * 1000, 1001)):
+        if abs(float(exact) - value) < 0.005:
+            return exact
+    return Fraction(text).limit_denominator(1001)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

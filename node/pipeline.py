@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -79,6 +80,7 @@ class Renderer:
     def render(self, job: Job, output: Path | None = None, *, progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None) -> RenderResult:
         output = Path(output) if output else self.settings.output_dir / f"{job.video_id}.mp4"
+        _check_writable(output)
         with job_context(job.video_id):
             workdir = self.settings.temp_dir / f"{job.video_id}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +239,18 @@ class Renderer:
         log.warning("%s: failed: %s: %s", step.name, code, message)
         attempts.append(Attempt(step.stage, step.name, "failed", code, message,
                                 round(time.perf_counter() - t0, 3)))
+
+
+def _check_writable(output: Path) -> None:
+    """Fail before any work when the output cannot be written (a wrong -o is the user's input)."""
+    if output.is_dir():
+        raise InvalidInput("output_not_writable", f"output {output} is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInput("output_not_writable", f"cannot create {output.parent}: {e.strerror}") from e
+    if not os.access(output.parent, os.W_OK):
+        raise InvalidInput("output_not_writable", f"{output.parent} is not writable")
 
 
 def _frames_of_file(path: Path, frame_count: int) -> FrameRendition:

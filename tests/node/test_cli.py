@@ -104,3 +104,46 @@ def test_health_lists_engines_with_licences(tmp_path):
     assert "MIT" in engines["musetalk"]["licence"]
     assert report["encoder"]["codec"] == "libx264"
     assert report["engine_order"] == ["musetalk", "wav2lip", "synclabs"]
+
+
+def test_progress_bar_shows_on_a_tty(tmp_path, ffprobe):
+    # Given a pseudo-terminal as stderr, a rich progress bar is drawn; in --json mode it is not
+    import pty
+
+    make_speech(tmp_path / "s.wav", 2.0)
+
+    def stderr_on_tty(extra: list[str]) -> str:
+        leader, follower = pty.openpty()
+        environ = {**os.environ, "TEMP_DIR": str(tmp_path / "t"), "AVATAR_CACHE_DIR": str(tmp_path / "c"),
+                   "WEIGHTS_DIR": str(tmp_path / "w"), "X264_PRESET": "ultrafast", "TERM": "xterm",
+                   "COLUMNS": "100"}
+        proc = subprocess.Popen([sys.executable, "-m", "node.cli", "render", "--audio", "s.wav",
+                                 "--strategy", "base_video", "-o", "o.mp4", *extra],
+                                cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 0
+        os.close(leader)
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "/50" in stderr_on_tty([])  # "frames ━━━━ 16/50"
+    assert "/50" not in stderr_on_tty(["--json"])
+
+
+def test_secrets_never_reach_output_or_logs(tmp_path, ffprobe):
+    canary = "sk-canary-5f3e9a1c"
+    make_speech(tmp_path / "s.wav", 0.5)
+    env = {"ELEVENLABS_API_KEY": canary, "SYNCLABS_API_KEY": canary, "HEYGEN_API_KEY": canary,
+           "HIGGSFIELD_API_KEY_ID": canary, "HIGGSFIELD_API_KEY_SECRET": canary, "LOG_LEVEL": "DEBUG"}
+    for args in (["render", "--audio", "s.wav", "--json"], ["health", "--json"], ["health"]):
+        proc = run_cli(args, tmp_path, **env)
+        assert proc.returncode == 0, proc.stderr
+        assert canary not in proc.stdout and canary not in proc.stderr

@@ -96,3 +96,35 @@ def test_still_image_avatar_renders(settings, tmp_path, speech, ffprobe):
     from tests.conftest import ffprobe_json, stream
     video = stream(ffprobe_json(tmp_path / "o.mp4"), "video")
     assert (video["width"], video["height"]) == (96, 60)  # odd sizes made even
+
+
+def test_output_that_cannot_be_written(settings, tmp_path, speech, avatar):
+    (tmp_path / "adir.mp4").mkdir()
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "adir.mp4", tmp_path / "file" / "o.mp4"):
+        job = parse_job({"video_id": "w", "audio": speech, "avatar": avatar})
+        with pytest.raises(InvalidInput) as e:
+            Renderer(settings).render(job, bad)
+        assert e.value.code == "output_not_writable"
+
+
+def test_probe_without_ffprobe_parses_ffmpeg(tmp_path, monkeypatch, ffprobe):
+    # Given a machine with only the ffmpeg binary (the imageio-ffmpeg fallback)
+    import node.media as media
+    video = make_video(tmp_path / "v.mp4", 160, 120, fps="30000/1001", seconds=1.0)
+    speech = make_speech(tmp_path / "s.wav", 1.5)
+    expected_video, expected_audio = media.probe(video), media.probe(speech)
+    monkeypatch.setattr(media, "ffprobe_binary", lambda: None)
+    # Then probing gives the same fields from `ffmpeg -i`
+    got = media.probe(video)
+    assert (got.video.width, got.video.height) == (160, 120)
+    assert got.video.fps == expected_video.video.fps
+    assert got.audio_duration_s is None
+    assert abs(got.duration_s - expected_video.duration_s) < 0.02
+    audio = media.probe(speech)
+    assert audio.video is None and abs(audio.audio_duration_s - expected_audio.audio_duration_s) < 0.02
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"nope" * 100)
+    with pytest.raises(Exception) as e:
+        media.probe(bad)
+    assert getattr(e.value, "code", None) == "unreadable"
