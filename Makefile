@@ -35,6 +35,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/encoder_fps.py
+	$(BIN)/python bench/wav2lip_node.py
+	$(BIN)/python bench/queue_throughput.py
+	$(BIN)/python bench/audio_cache.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -3,8 +3,8 @@
 `--avatar NAME_OR_PATH` is a bundled name (node/assets/avatars/NAME.mp4), a name in AVATARS_DIR,
 or a path to a video or image file. A sidecar NAME.json may carry the face and mouth boxes.
 
-`BaseVideo` decodes the file once into a content-keyed frame cache (a raw uint8 file that is
-memory-mapped), so looping, ping-pong and random access never hold the whole video in RAM and a
+`BaseVideo` decodes the file once into a content-keyed frame cache (a raw uint8 file read back
+frame by frame), so looping, ping-pong and random access never hold the whole video in RAM and a
 second job on the same avatar skips decoding.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,7 @@ from node.errors import InvalidInput, MediaError
 from node.media import IMAGE_SUFFIXES, VideoInfo, iter_video_frames
 
 BUNDLED_DIR = Path(__file__).parent / "assets" / "avatars"
+AVATAR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 #: Bumped when the cache layout or decode parameters change, so stale caches are ignored.
 FRAME_CACHE_VERSION = 1
@@ -53,7 +55,17 @@ def resolve_avatar(name_or_path: str, avatars_dir: Path | None = None) -> Avatar
 
 
 def list_bundled_avatars() -> list[str]:
-    return sorted(p.stem for p in BUNDLED_DIR.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+    return [name for name, _ in list_avatars(None)]
+
+
+def list_avatars(avatars_dir: Path | None) -> list[tuple[str, Path]]:
+    """(name, file) of every avatar, AVATARS_DIR first where a name exists in both."""
+    found: dict[str, Path] = {}
+    for folder in [BUNDLED_DIR] + ([Path(avatars_dir)] if avatars_dir and Path(avatars_dir).is_dir() else []):
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES and not p.name.startswith("."):
+                found[p.stem] = p
+    return sorted(found.items())
 
 
 def _with_sidecar(name: str, path: Path) -> AvatarSource:
@@ -81,29 +93,51 @@ def validate_video(info: VideoInfo | None, name: str, max_side_px: int,
 
 
 class BaseVideo:
-    """The decoded frames of an avatar, random-access, backed by a memory-mapped cache file.
+    """The decoded frames of an avatar, random-access, read from a content-keyed cache file.
 
-    frames[i] is uint8 (H, W, 3) BGR. Build with `BaseVideo.open(source, info, cache_dir)`."""
+    `take(indices)` returns uint8 (B, H, W, 3) BGR copies. Frames are read with pread rather than
+    memory-mapped, so the process holds one batch at a time and the page cache holds the rest:
+    RSS does not grow with the base video or the speech. Build with `BaseVideo.open(...)`."""
 
-    def __init__(self, source: AvatarSource, info: VideoInfo, frames: np.ndarray):
-        self.source, self.info, self.frames = source, info, frames
-        self.height, self.width = frames.shape[1:3]
+    def __init__(self, source: AvatarSource, info: VideoInfo, raw_path: Path, frame_count: int,
+                 width: int, height: int):
+        self.source, self.info, self.raw_path = source, info, raw_path
+        self.width, self.height, self.frame_count = width, height, frame_count
         self.fps: Fraction = info.fps
+        self.key = raw_path.parent.name  # the content key: same video and decode, same key
+        self._frame_bytes = width * height * 3
+        self._fd = os.open(raw_path, os.O_RDONLY)
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return self.frame_count
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
 
     @classmethod
     def open(cls, source: AvatarSource, info: VideoInfo, cache_dir: Path) -> "BaseVideo":
         key = _content_key(source.path, info)
         folder = Path(cache_dir) / key
-        raw, meta_path = folder / "frames.u8", folder / "frames.json"
+        meta_path = folder / "frames.json"
         if not meta_path.is_file():
             _decode_into(source.path, info, folder)
         meta = json.loads(meta_path.read_text())
-        frames = np.memmap(raw, dtype=np.uint8, mode="r",
-                           shape=(meta["frames"], meta["height"], meta["width"], 3))
-        return cls(source, info, frames)
+        return cls(source, info, folder / "frames.u8", meta["frames"], meta["width"], meta["height"])
+
+    def take(self, indices) -> np.ndarray:
+        """Frames at `indices` (any int sequence) as a new uint8 (B, H, W, 3) BGR array."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
+        flat = out.reshape(len(indices), -1)
+        for k, i in enumerate(indices):
+            if not 0 <= i < self.frame_count:
+                raise IndexError(f"frame {i} outside 0..{self.frame_count - 1}")
+            if os.preadv(self._fd, [flat[k]], int(i) * self._frame_bytes) != self._frame_bytes:
+                raise MediaError(f"frame cache {self.raw_path} is truncated", code="avatar_cache_corrupt")
+        return out
 
     def pingpong_indices(self, count: int, start: int = 0) -> np.ndarray:
         """Source frame index for each of `count` output frames, looping forth and back

@@ -4,8 +4,8 @@
     2 full_video  Higgsfield, then HeyGen (FULL_VIDEO_PROVIDER_ORDER)
     3 base_video  the speech over the base video, looped forth and back: always succeeds
 
-A step is skipped with a recorded reason when it cannot run here (no weights, no key), and a
-failure is recorded before the chain moves on. Steps produce either frames (local engines; the
+A step is skipped with a recorded reason when it cannot run here (no weights, no key, the
+provider's circuit open), and a failure is recorded before the chain moves on. Steps produce either frames (local engines; the
 pipeline encodes them as they come) or a finished file (remote APIs; the pipeline re-encodes it
 to the output contract with our audio).
 """
@@ -23,6 +23,10 @@ from node.avatars import BaseVideo
 from node.config import Settings
 from node.engines.base import LipSyncEngine, Speech
 from node.job import Job, Strategy
+from node.personas import Persona
+from providers import media as provider_media
+from providers import metrics
+from providers.base import FullVideoAPI, LipSyncAPI
 
 
 @dataclass
@@ -47,6 +51,7 @@ class FrameRendition:
     fps: Fraction
     frame_count: int
     batches: Iterator[np.ndarray] = field(repr=False)
+    report: dict = field(default_factory=dict)  # filled by the engine when its last batch is out
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class FileRendition:
     """A finished video from a remote API, re-encoded to the output contract by the pipeline."""
 
     path: Path
+    note: str | None = None  # what happened on the way (retries, resumed generation), for attempts
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class StepInputs:
     frame_count: int
     batch_size: int
     workdir: Path
+    persona: Persona | None = None  # the full-video providers animate the persona
 
 
 class Step(Protocol):
@@ -87,9 +94,9 @@ class EngineStep:
         return self.engine.unavailable_reason()
 
     def produce(self, inputs: StepInputs) -> FrameRendition:
-        base = inputs.base
-        batches = self.engine.frames(base, inputs.speech, inputs.frame_count, inputs.batch_size)
-        return FrameRendition(base.width, base.height, base.fps, inputs.frame_count, batches)
+        base, report = inputs.base, {}
+        batches = self.engine.frames(base, inputs.speech, inputs.frame_count, inputs.batch_size, report)
+        return FrameRendition(base.width, base.height, base.fps, inputs.frame_count, batches, report)
 
 
 class BaseVideoStep:
@@ -103,8 +110,7 @@ class BaseVideoStep:
     def produce(self, inputs: StepInputs) -> FrameRendition:
         base, count = inputs.base, inputs.frame_count
         indices = base.pingpong_indices(count)
-        batches = (np.asarray(base.frames[indices[i:i + inputs.batch_size]])
-                   for i in range(0, count, inputs.batch_size))
+        batches = (base.take(indices[i:i + inputs.batch_size]) for i in range(0, count, inputs.batch_size))
         return FrameRendition(base.width, base.height, base.fps, count, batches)
 
 
@@ -122,6 +128,44 @@ class RemoteStep:
         raise NotImplementedError(self.name)
 
 
+class LipSyncApiStep:
+    """Strategy 1 with a remote lip-sync API (SyncLabs): base video + speech -> a video file."""
+
+    stage = Strategy.lipsync.value
+
+    def __init__(self, client: LipSyncAPI):
+        self.client, self.name = client, client.name
+
+    def unavailable_reason(self) -> str | None:
+        return self.client.unavailable_reason()
+
+    def produce(self, inputs: StepInputs) -> FileRendition:
+        video = provider_media.video_of(inputs.base.source.path, inputs.workdir / f"{self.name}-base.mp4",
+                                        inputs.speech.duration_s)
+        result = self.client.lipsync(video, inputs.speech.path, inputs.workdir / f"{self.name}-out.mp4",
+                                     video_id=inputs.job.video_id)
+        return FileRendition(result.path, result.note)
+
+
+class FullVideoApiStep:
+    """Strategy 2 with a full-video API (Higgsfield, HeyGen): a still of the persona's avatar +
+    speech -> a video file."""
+
+    stage = Strategy.full_video.value
+
+    def __init__(self, client: FullVideoAPI):
+        self.client, self.name = client, client.name
+
+    def unavailable_reason(self) -> str | None:
+        return self.client.unavailable_reason()
+
+    def produce(self, inputs: StepInputs) -> FileRendition:
+        portrait = provider_media.portrait_of(inputs.base.source.path, inputs.workdir / f"{self.name}-portrait.png")
+        result = self.client.generate(inputs.persona, portrait, inputs.speech.path,
+                                      inputs.workdir / f"{self.name}-out.mp4", video_id=inputs.job.video_id)
+        return FileRendition(result.path, result.note)
+
+
 _REMOTE_KEYS = {
     "synclabs": ("SYNCLABS_API_KEY",),
     "higgsfield": ("HIGGSFIELD_API_KEY_ID", "HIGGSFIELD_API_KEY_SECRET"),
@@ -129,18 +173,31 @@ _REMOTE_KEYS = {
 }
 
 
-def _remote_step(stage: str, name: str, settings: Settings) -> Step:
+def _remote_step(stage: str, name: str, settings: Settings, remote: dict) -> Step:
     keys = _REMOTE_KEYS.get(name)
     if keys is None:
         return RemoteStep(stage, name, f"unknown provider {name!r} in the configuration")
     unset = [k for k in keys if getattr(settings, k.lower()) is None]
     if unset:
         return RemoteStep(stage, name, f"not configured: {' and '.join(unset)} not set")
-    return RemoteStep(stage, name, f"the {name} client is not in this build yet")
+    client = remote.get(name)
+    if stage == Strategy.lipsync.value and isinstance(client, LipSyncAPI):
+        return LipSyncApiStep(client)
+    if stage == Strategy.full_video.value and isinstance(client, FullVideoAPI):
+        return FullVideoApiStep(client)
+    if client is None:
+        return RemoteStep(stage, name, f"the {name} client is not in this build")
+    return RemoteStep(stage, name, f"{name} cannot serve the {stage} strategy")
 
 
-def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine]) -> list[Step]:
-    """The ordered steps for `job`: `--strategy` picks strategies, `--engine` pins strategy 1."""
+def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine],
+               remote: dict | None = None) -> list[Step]:
+    """The ordered steps for `job`: `--strategy` picks strategies, `--engine` pins strategy 1.
+    `remote`: provider name -> client (providers.registry); built from settings when None."""
+    if remote is None:
+        from providers.registry import build_providers  # clients connect lazily: this is cheap
+
+        remote = build_providers(settings).remote
     strategies = ([Strategy.lipsync, Strategy.full_video, Strategy.base_video]
                   if job.strategy is Strategy.auto else [job.strategy])
     steps: list[Step] = []
@@ -151,9 +208,15 @@ def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine]) 
                 if name in engines:
                     steps.append(EngineStep(engines[name]))
                 else:
-                    steps.append(_remote_step(strategy.value, name, settings))
+                    steps.append(_remote_step(strategy.value, name, settings, remote))
         elif strategy is Strategy.full_video:
-            steps += [_remote_step(strategy.value, name, settings) for name in settings.full_video_providers]
+            steps += [_remote_step(strategy.value, name, settings, remote) for name in settings.full_video_providers]
         else:
             steps.append(BaseVideoStep())
     return steps
+
+
+def observe_attempts(attempts: list[Attempt]) -> None:
+    """Count every recorded step by strategy (stage), provider and outcome (metrics)."""
+    for a in attempts:
+        metrics.CHAIN_STEPS.labels(a.stage, a.provider, a.outcome).inc()

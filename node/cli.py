@@ -119,6 +119,45 @@ def personas() -> None:
         typer.echo(name)
 
 
+avatar_app = typer.Typer(help="Avatars: base videos prepared ahead of their first job.", no_args_is_help=True)
+app.add_typer(avatar_app, name="avatar")
+
+
+@avatar_app.command("prepare")
+def avatar_prepare(
+    path: Path = typer.Argument(..., help="A base video (or image) of the persona."),
+    name: str = typer.Option(..., "--name", help="The avatar name jobs will use (--avatar NAME)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Install PATH as avatar NAME in AVATARS_DIR and build the engines' caches now
+    (decoded frames, face boxes, crops), so the first job on it skips all of that."""
+    settings = _settings()
+    from node.pipeline import Renderer
+
+    try:
+        summary = Renderer(settings).prepare_avatar(path, name)
+    except InvalidInput as e:
+        _fail(EXIT_INVALID, e.code, e.message, as_json)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    typer.echo(f"{summary['name']}: {summary['path']} ({summary['width']}x{summary['height']}, "
+               f"{summary['frames']} frames at {summary['fps']} fps)")
+    for engine, state in summary["engines"].items():
+        detail = f"{state['faceless_frames']} frames without a face" if state["prepared"] else state["reason"]
+        typer.echo(f"  {engine}: {'prepared' if state['prepared'] else 'skipped'} ({detail})")
+
+
+@avatar_app.command("list")
+def avatar_list() -> None:
+    """Bundled avatars and those in AVATARS_DIR."""
+    settings = _settings()
+    from node.avatars import list_avatars
+
+    for name, path in list_avatars(settings.avatars_dir):
+        typer.echo(f"{name}\t{path}")
+
+
 def _provider(result) -> str:
     return result.providers.get("lipsync") or result.providers.get("video") or "?"
 
@@ -150,6 +189,15 @@ class _progress_bar:
         if self._bar is not None:
             self._bar.stop()
 
+
+# --- fleet commands (node/fleet_cli.py): worker, submit, status, dlq, cleanup ---------------------
+from node import fleet_cli  # noqa: E402  (after _settings/_fail, which it uses)
+
+app.command("worker")(fleet_cli.worker)
+app.command("submit")(fleet_cli.submit)
+app.command("status")(fleet_cli.status)
+app.command("cleanup")(fleet_cli.cleanup)
+app.add_typer(fleet_cli.dlq_app, name="dlq")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     papa_noel_voice_id: str = "bkVwoLpm00fYfz45ZQAb"
     #: Extra persona files (*.toml) beside the bundled ones; same name overrides bundled.
     personas_dir: Path | None = None
-    #: Named avatars (NAME.mp4 / NAME.png + optional NAME.json) beside the bundled ones.
-    avatars_dir: Path | None = None
+    #: Named avatars (NAME.mp4 / NAME.png + optional NAME.json) beside the bundled ones;
+    #: `lipsync-node avatar prepare PATH --name NAME` installs into it.
+    avatars_dir: Path = Path("avatars")
 
     # --- logging (fixed names) ----------------------------------------------------------------
     use_json_logging: bool = False
@@ -77,6 +78,10 @@ class Settings(BaseSettings):
     enable_mock_engine: bool = False
     #: Frames per batch for local engines; also the granularity of drain and progress.
     lipsync_batch_size: int = Field(default=16, ge=1)
+    #: Frames per Wav2Lip generator call (the official default is 128; smaller drains sooner).
+    wav2lip_batch_size: int = Field(default=32, ge=1)
+    #: auto | cpu | cuda | cuda:N; fp16 autocast is chosen by the GPU's capability.
+    torch_device: str = "auto"
 
     # --- encoder ------------------------------------------------------------------------------------
     #: auto = h264_nvenc when the startup probe proves it works, else libx264.
@@ -88,9 +93,79 @@ class Settings(BaseSettings):
     ffprobe_binary: str | None = None
     espeak_binary: str | None = None
 
-    # --- queue and fleet (issue 4 wires these) -------------------------------------------------
+    # --- providers (remote APIs; base URLs are settings so tests and staging can use mocks) --
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    synclabs_base_url: str = "https://api.sync.so"
+    #: Sync model id (lipsync-2, lipsync-2-pro, sync-3, ...).
+    synclabs_model: str = "lipsync-2"
+    #: higgsfield-client 0.2.0 moved here from platform.higgsfield.ai.
+    higgsfield_base_url: str = "https://api.higgsfield.ai"
+    heygen_base_url: str = "https://api.heygen.com"
+    #: Host of HeyGen's v3 asset upload (the API host; the legacy v1 host is upload.heygen.com).
+    heygen_upload_url: str = "https://api.heygen.com"
+    #: seconds for one whole provider call: a TTS request, or create + polling + download.
+    elevenlabs_deadline_s: float = Field(default=120.0, gt=0)
+    synclabs_deadline_s: float = Field(default=1800.0, gt=0)
+    higgsfield_deadline_s: float = Field(default=900.0, gt=0)
+    heygen_deadline_s: float = Field(default=1800.0, gt=0)
+    #: calls in flight at once per process and provider (set to the plan's concurrency).
+    elevenlabs_concurrency: int = Field(default=2, ge=1)
+    synclabs_concurrency: int = Field(default=1, ge=1)
+    higgsfield_concurrency: int = Field(default=2, ge=1)
+    heygen_concurrency: int = Field(default=3, ge=1)
+    #: seconds per HTTP request phase (connect; read/write/pool); never past the call's deadline.
+    provider_connect_timeout_s: float = Field(default=5.0, gt=0)
+    provider_read_timeout_s: float = Field(default=60.0, gt=0)
+    #: tries of one request on 429/5xx/network errors; a create is never re-sent after a 5xx.
+    provider_max_tries: int = Field(default=4, ge=1)
+    #: seconds; backoff between those tries (exponential with jitter; Retry-After wins).
+    provider_retry_base_s: float = Field(default=1.0, gt=0)
+    provider_retry_cap_s: float = Field(default=30.0, gt=0)
+    #: seconds; status polling starts at BASE and doubles (jittered) up to CAP.
+    provider_poll_base_s: float = Field(default=5.0, gt=0)
+    provider_poll_cap_s: float = Field(default=30.0, gt=0)
+    #: consecutive failed calls that open a provider's circuit, and seconds it stays open.
+    provider_circuit_failures: int = Field(default=3, ge=1)
+    provider_circuit_cooldown_s: float = Field(default=300.0, ge=0)
+    #: Each job's provider generation ids (default TEMP_DIR/generations), so a retried job
+    #: resumes polling its generation instead of paying for a second one.
+    provider_generations_dir: Path | None = None
+
+    # --- queue and fleet ---------------------------------------------------------------------------
+    #: redis://, rediss:// (TLS), with an ACL user and password in the URL where needed.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Every key the fleet uses starts with this, so several fleets (or tests) share one Redis.
+    redis_key_prefix: str = Field(default="lipsync:", min_length=1)
+    #: seconds; a command that gets no reply in this long counts as Redis being unavailable.
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    #: Attempts per job (claims that crashed or failed count; a drain release does not).
     max_job_attempts: int = Field(default=3, ge=1)
+    #: seconds; a job's lease. The heartbeat renews it every third of this; a node silent for
+    #: this long loses the job to another node (its entry is XAUTOCLAIMed, its token fenced off).
+    job_lock_timeout: float = Field(default=60.0, ge=0.5)
+    #: seconds; the first retry of a failed job waits up to this long (backoff doubles, jitter).
+    retry_base_delay_s: float = Field(default=10.0, ge=0)
+    #: seconds; no retry waits longer than this.
+    retry_max_delay_s: float = Field(default=900.0, ge=0)
+    #: bytes of one queue entry's JSON payload; larger entries are dead-lettered unread.
+    queue_max_payload_bytes: int = Field(default=65536, ge=256)
+    #: milliseconds an idle worker blocks on the stream before it looks for expired leases.
+    queue_block_ms: int = Field(default=1000, ge=1)
+    #: seconds between progress writes (and progress webhooks) of a running job; at least 1 s
+    #: for webhooks whatever this says.
+    progress_interval_s: float = Field(default=1.0, gt=0)
+    #: Names this node in leases and attempt records; default hostname-pid.
+    node_id: str | None = None
+    #: Signs webhook bodies (HMAC-SHA256 header); unset = webhooks are sent unsigned.
+    webhook_secret: SecretStr | None = None
+    #: seconds per webhook POST (connect, read, write, pool each).
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    #: POSTs per webhook event before it is dropped (5xx, 429 and network errors are retried).
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    #: seconds; the first webhook retry waits up to this long (backoff doubles, jitter).
+    webhook_retry_base_delay_s: float = Field(default=1.0, ge=0)
+    #: TCP port for Prometheus metrics of `worker`; 0 = not served.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     #: seconds; a running job gets this long to finish after SIGTERM/SIGINT.
     shutdown_timeout: float = 300.0
     cleanup_interval_hours: float = 6.0

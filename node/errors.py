@@ -2,10 +2,14 @@
 
     LipsyncError                   code, retryable, message (never contains a secret)
     ├── InvalidInput               bad job field or unusable media; never retried
+    │   ├── JobConflict            idempotency_conflict: the id or key names another payload
+    │   └── JobNotFound            job_not_found
     ├── Unavailable                an engine/provider cannot run here (no weights, no key): skip it
     ├── RenderFailed               an engine/provider ran and failed; the chain moves on
     │   └── MediaError             ffmpeg/ffprobe failed on something we produced
     ├── AllStrategiesFailed        nothing in the chain produced a video
+    ├── BrokerError                Redis answered with an error we did not expect
+    │   └── QueueUnavailable       Redis cannot be reached now (retryable)
     └── Cancelled                  stopped at a batch boundary (drain, lost lease): requeue it
 
 Lower-layer errors (subprocess, httpx, redis) are translated where they happen, `raise ... from e`.
@@ -67,3 +71,22 @@ class Cancelled(LipsyncError):
 
     code = "cancelled"
     retryable = True
+
+
+class BrokerError(LipsyncError):
+    code = "broker_error"
+
+
+class QueueUnavailable(BrokerError):
+    code = "queue_unavailable"
+    retryable = True
+
+
+class JobConflict(InvalidInput):
+    def __init__(self, message: str):
+        super().__init__("idempotency_conflict", message)
+
+
+class JobNotFound(InvalidInput):
+    def __init__(self, video_id: str):
+        super().__init__("job_not_found", f"no job {video_id!r} in this queue")

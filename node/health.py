@@ -10,6 +10,7 @@ from node.engines import build_local_engines
 from node.job import Job, Strategy
 from node.media import ffmpeg_binary, ffprobe_binary
 from providers.espeak import EspeakTTS
+from providers.registry import build_providers
 
 #: Remote providers' terms, shown beside the local engines' weight licences.
 REMOTE_LICENCES = {
@@ -26,6 +27,9 @@ def node_health(settings: Settings) -> dict:
     for name, path in binaries.items():
         components.append({"kind": "binary", "name": name, "ready": bool(path),
                            "reason": path or "not found"})
+    providers = build_providers(settings)
+    components.append(_row("tts", "elevenlabs", providers.elevenlabs.unavailable_reason(),
+                           "commercial API (ElevenLabs terms)"))
     tts = EspeakTTS(settings.espeak_binary)
     components.append(_row("tts", tts.name, tts.unavailable_reason(), "GPL-3.0 (espeak-ng)"))
     engines = build_local_engines(settings)
@@ -33,7 +37,7 @@ def node_health(settings: Settings) -> dict:
         components.append(_row("engine", name, engine.unavailable_reason(), engine.licence))
     # Remote steps as the chain would see them, in chain order.
     probe_job = Job(video_id="health", text="health", strategy=Strategy.auto)
-    for step in plan_steps(probe_job, settings, {}):
+    for step in plan_steps(probe_job, settings, {}, providers.remote):
         if step.name in REMOTE_LICENCES:
             components.append(_row(step.stage, step.name, step.unavailable_reason(), REMOTE_LICENCES[step.name]))
     choice = choose_encoder(settings.video_encoder)

@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from node.avatars import BaseVideo, resolve_avatar, validate_video
-from node.chain import Attempt, FileRendition, FrameRendition, StepInputs, plan_steps
+from node.avatars import AVATAR_NAME_RE, BaseVideo, resolve_avatar, validate_video
+from node.chain import Attempt, FileRendition, FrameRendition, StepInputs, observe_attempts, plan_steps
 from node.config import Settings
 from node.encoder import EncoderChoice, VideoEncoder, choose_encoder
 from node.engines import LipSyncEngine, Speech, build_local_engines
@@ -29,8 +29,8 @@ from node.job import Job
 from node.logs import debug_enabled, job_context
 from node.media import decode_audio, iter_video_frames, probe, use_binaries
 from node.personas import Persona, load_persona
-from providers.base import ProviderError, TextToSpeech
-from providers.espeak import EspeakTTS
+from providers.base import GenerationStore, ProviderError, TextToSpeech
+from providers.registry import build_providers
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,17 @@ class RenderResult:
 
 class Renderer:
     def __init__(self, settings: Settings, *, engines: dict[str, LipSyncEngine] | None = None,
-                 tts: list[TextToSpeech] | None = None, encoder: EncoderChoice | None = None):
+                 tts: list[TextToSpeech] | None = None, encoder: EncoderChoice | None = None,
+                 remote: dict | None = None, generations: GenerationStore | None = None):
         self.settings = settings
         use_binaries(settings.ffmpeg_binary, settings.ffprobe_binary)
         self.engines = engines if engines is not None else build_local_engines(settings)
-        self.tts = tts if tts is not None else [EspeakTTS(settings.espeak_binary)]
+        # Built once per Renderer, so circuit breakers and concurrency slots span jobs.
+        # `generations`: where job -> provider generation ids live (the queue passes its Redis
+        # record; default a file per job under PROVIDER_GENERATIONS_DIR).
+        providers = build_providers(settings, store=generations)
+        self.tts = tts if tts is not None else providers.tts  # [ElevenLabs via the audio cache,] espeak
+        self.remote = remote if remote is not None else providers.remote
         self._encoder = encoder
 
     @property
@@ -97,11 +103,11 @@ class Renderer:
         base = self._open_avatar(job.avatar or persona.avatar)
         speech = self._speech(job, persona, workdir, attempts, timings)
         frame_count = max(1, math.ceil(speech.duration_s * float(base.fps) - 1e-9))
-        inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir)
+        inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir, persona)
         log.info("rendering %d frames at %s fps (%.2fs of speech from %s) on avatar %s",
                  frame_count, base.fps, speech.duration_s, speech.provider, base.source.name)
 
-        for step in plan_steps(job, self.settings, self.engines):
+        for step in plan_steps(job, self.settings, self.engines, self.remote):
             reason = step.unavailable_reason()
             if reason:
                 log.info("%s: skipped: %s", step.name, reason)
@@ -109,8 +115,8 @@ class Renderer:
                 continue
             t0 = time.perf_counter()
             try:
-                stage_times = self._encode(step.produce(inputs), speech, output, frame_count,
-                                           progress, should_stop)
+                rendition = step.produce(inputs)
+                stage_times = self._encode(rendition, speech, output, frame_count, progress, should_stop)
             except Cancelled as e:
                 attempts.append(Attempt(step.stage, step.name, "interrupted", e.code, e.message,
                                         round(time.perf_counter() - t0, 3)))
@@ -122,22 +128,59 @@ class Renderer:
                 log.error("%s: unexpected %s", step.name, type(e).__name__, exc_info=debug_enabled())
                 self._record_failure(attempts, step, "internal_error", f"{type(e).__name__}: {e}", t0)
                 continue
-            attempts.append(Attempt(step.stage, step.name, "succeeded",
+            attempts.append(Attempt(step.stage, step.name, "succeeded", reason=getattr(rendition, "note", None),
                                     duration_s=round(time.perf_counter() - t0, 3)))
+            observe_attempts(attempts)
             timings |= stage_times
             timings["total"] = round(time.perf_counter() - started, 3)
             kind = "lipsync" if step.stage == "lipsync" else "video"
             log.info("succeeded with %s/%s in %.2fs: %s", step.stage, step.name, timings["total"], output)
+            report = getattr(rendition, "report", None)
             return RenderResult(job.video_id, "succeeded", str(output), step.stage,
                                 {"tts": speech.provider, kind: step.name}, round(speech.duration_s, 3),
-                                attempts, timings, self.encoder.codec)
+                                attempts, timings, self.encoder.codec,
+                                extra={"lipsync_report": report} if report else {})
 
         timings["total"] = round(time.perf_counter() - started, 3)
         log.error("all_strategies_failed: every step of the chain failed or was skipped")
+        observe_attempts(attempts)
         return RenderResult(job.video_id, "failed", None, None, {"tts": speech.provider},
                             round(speech.duration_s, 3), attempts, timings, None,
                             {"code": "all_strategies_failed",
                              "message": "every strategy failed or was unavailable; see attempts"})
+
+    def prepare_avatar(self, path: Path, name: str) -> dict:
+        """Install a base video as avatar `name` in AVATARS_DIR and build every ready engine's
+        per-avatar cache now, so the first job on it starts rendering at once."""
+        if not AVATAR_NAME_RE.match(name):
+            raise InvalidInput("invalid_avatar_name", f"avatar name {name!r} must be 1 to 64 letters, digits, "
+                               "'_' or '-', starting with a letter or digit")
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInput("avatar_not_found", f"avatar file {path} does not exist")
+        base = self._open_avatar(str(path))  # validates and decodes into the frame cache
+        folder = Path(self.settings.avatars_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob(f"{name}.*"):
+            old.unlink()  # a re-prepared name replaces the old file, whatever its format
+        installed = folder / f"{name}{path.suffix.lower()}"
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, installed)
+        if path.with_suffix(".json").is_file():
+            shutil.copyfile(path.with_suffix(".json"), folder / f"{name}.json")
+        engines = {}
+        for engine in self.engines.values():
+            reason = engine.unavailable_reason()
+            if not hasattr(engine, "prepare"):
+                continue
+            if reason:
+                engines[engine.name] = {"prepared": False, "reason": reason}
+                continue
+            track = engine.prepare(base)
+            engines[engine.name] = {"prepared": True, "faceless_frames": track.faceless_frames}
+        return {"name": name, "path": str(installed), "frames": len(base), "fps": str(base.fps),
+                "width": base.width, "height": base.height, "cache_key": base.key, "engines": engines}
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -180,7 +223,13 @@ class Renderer:
                 attempts.append(Attempt("tts", tts.name, "failed", e.code, e.message,
                                         round(time.perf_counter() - t0, 3)))
                 continue
-            attempts.append(Attempt("tts", tts.name, "succeeded", duration_s=round(time.perf_counter() - t0, 3)))
+            except Exception as e:  # a remote TTS bug must not cost the job its offline fallback
+                log.error("tts %s: unexpected %s", tts.name, type(e).__name__, exc_info=debug_enabled())
+                attempts.append(Attempt("tts", tts.name, "failed", "internal_error", type(e).__name__,
+                                        round(time.perf_counter() - t0, 3)))
+                continue
+            attempts.append(Attempt("tts", tts.name, "succeeded", reason=spoken.note,
+                                    duration_s=round(time.perf_counter() - t0, 3)))
             return speech
         raise RenderFailed("no text-to-speech provider produced audio; see attempts", code="tts_failed")
 

@@ -36,6 +36,7 @@ __all__ = [
     "WeightMismatch",
     "files_for",
     "missing_weights",
+    "missing_weights_reason",
     "sha256_file",
     "verify_file",
     "wav2lip_checkpoint",
@@ -191,6 +192,16 @@ def missing_weights(engine: str, weights_dir: str | os.PathLike[str]) -> list[st
     if group and not any((root / p).is_file() for p in group):
         missing.append(" or ".join(group))
     return missing
+
+
+def missing_weights_reason(engine: str, weights_dir: str | os.PathLike[str]) -> str | None:
+    """The skip reason a user reads when `engine`'s weights are absent; None when all are there."""
+    missing = missing_weights(engine, weights_dir)
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (f"weights not found in WEIGHTS_DIR ({weights_dir}): missing {shown}; "
+            f"run scripts/download_weights.py --engine {engine}")
 
 
 def wav2lip_checkpoint(weights_dir: str | os.PathLike[str]) -> Path:

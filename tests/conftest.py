@@ -112,3 +112,23 @@ def decode_frames(path: Path) -> np.ndarray:
 
 def fps_of(info: dict) -> Fraction:
     return Fraction(stream(info, "video")["r_frame_rate"])
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Tests talk to loopback servers only: resolving any other host fails the test at once, so
+    a misconfigured base URL can never send traffic off this machine."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in _LOOPBACK_NAMES and not str(name).startswith("127."):
+            raise AssertionError(f"test tried to reach {name!r}; only loopback is allowed")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)

@@ -7,9 +7,10 @@ from typing import Iterator
 from node.config import Settings
 from node.engines.base import LipSyncEngine, Speech
 from node.engines.mock import MockEngine
-from node.weights import LICENCES, missing_weights
+from node.engines.wav2lip import Wav2LipEngine
+from node.weights import LICENCES, missing_weights_reason
 
-__all__ = ["LipSyncEngine", "Speech", "MockEngine", "build_local_engines"]
+__all__ = ["LipSyncEngine", "Speech", "MockEngine", "Wav2LipEngine", "build_local_engines"]
 
 
 class _EngineWithoutCode:
@@ -20,12 +21,8 @@ class _EngineWithoutCode:
         self.name, self.licence, self._weights_dir = name, LICENCES[name], settings.weights_dir
 
     def unavailable_reason(self) -> str | None:
-        missing = missing_weights(self.name, self._weights_dir)
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            return (f"weights not found in WEIGHTS_DIR ({self._weights_dir}): missing {shown}; "
-                    f"run scripts/download_weights.py --engine {self.name}")
-        return f"the {self.name} engine's model code is not in this build yet"
+        return (missing_weights_reason(self.name, self._weights_dir)
+                or f"the {self.name} engine's model code is not in this build yet")
 
     def frames(self, *args, **kwargs) -> Iterator:  # pragma: no cover - never ready
         raise NotImplementedError(self.name)
@@ -35,6 +32,6 @@ def build_local_engines(settings: Settings) -> dict[str, LipSyncEngine]:
     """Every local engine this build knows, ready or not (the chain records why not)."""
     return {
         "musetalk": _EngineWithoutCode("musetalk", settings),
-        "wav2lip": _EngineWithoutCode("wav2lip", settings),
+        "wav2lip": Wav2LipEngine(settings),
         "mock": MockEngine(enabled=settings.enable_mock_engine),
     }

@@ -34,6 +34,9 @@ class LipSyncEngine(Protocol):
     def unavailable_reason(self) -> str | None:
         """Why this engine cannot run on this node (no weights, disabled); None = ready."""
 
-    def frames(self, base: BaseVideo, speech: Speech, frame_count: int,
-               batch_size: int) -> Iterator[np.ndarray]:
-        """`frame_count` frames in batches of uint8 (B, H, W, 3) BGR, H x W the base video's."""
+    def frames(self, base: BaseVideo, speech: Speech, frame_count: int, batch_size: int,
+               report: dict | None = None) -> Iterator[np.ndarray]:
+        """`frame_count` frames in batches of uint8 (B, H, W, 3) BGR, H x W the base video's.
+
+        `report`, when given, is filled once the last batch is out with what the job should tell
+        its user (e.g. `passthrough_s`: seconds of frames without a face, left unchanged)."""

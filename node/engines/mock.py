@@ -11,23 +11,13 @@ import numpy as np
 
 from node.avatars import BaseVideo
 from node.engines.base import Speech
+from node.engines.speech_activity import frame_energy
 
 #: The mouth is drawn here, as fractions of the frame, when the avatar has no mouth_box.
 DEFAULT_MOUTH_CENTRE = (0.5, 0.7)
 DEFAULT_MOUTH_WIDTH = 0.12
 LIP_BGR = (40, 40, 150)
 INNER_BGR = (20, 10, 30)
-
-
-def frame_energy(samples: np.ndarray, sample_rate: int, fps: float, frame_count: int) -> np.ndarray:
-    """RMS of the audio under each video frame, scaled to [0, 1] by the clip's 95th percentile."""
-    edges = (np.arange(frame_count + 1) * sample_rate / fps).astype(np.int64)
-    edges = np.clip(edges, 0, len(samples))
-    sq = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
-    counts = np.maximum(edges[1:] - edges[:-1], 1)
-    rms = np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / counts)
-    ref = np.percentile(rms, 95) if rms.size else 0.0
-    return np.clip(rms / ref, 0.0, 1.0) if ref > 1e-6 else np.zeros(frame_count)
 
 
 class MockEngine:
@@ -40,13 +30,13 @@ class MockEngine:
     def unavailable_reason(self) -> str | None:
         return None if self.enabled else "ENABLE_MOCK_ENGINE is off (the mock engine is for tests)"
 
-    def frames(self, base: BaseVideo, speech: Speech, frame_count: int,
-               batch_size: int) -> Iterator[np.ndarray]:
+    def frames(self, base: BaseVideo, speech: Speech, frame_count: int, batch_size: int,
+               report: dict | None = None) -> Iterator[np.ndarray]:
         energy = frame_energy(speech.samples_16k, Speech.SAMPLE_RATE, float(base.fps), frame_count)
         cx, cy, half_w = self._mouth(base)
         indices = base.pingpong_indices(frame_count)
         for start in range(0, frame_count, batch_size):
-            batch = np.array(base.frames[indices[start:start + batch_size]])  # copy: cache is read-only
+            batch = base.take(indices[start:start + batch_size])
             for k, frame in enumerate(batch):
                 opening = energy[start + k]
                 half_h = max(1, int(round(half_w * (0.12 + 0.55 * opening))))

@@ -143,7 +143,40 @@ def test_secrets_never_reach_output_or_logs(tmp_path, ffprobe):
     make_speech(tmp_path / "s.wav", 0.5)
     env = {"ELEVENLABS_API_KEY": canary, "SYNCLABS_API_KEY": canary, "HEYGEN_API_KEY": canary,
            "HIGGSFIELD_API_KEY_ID": canary, "HIGGSFIELD_API_KEY_SECRET": canary, "LOG_LEVEL": "DEBUG"}
-    for args in (["render", "--audio", "s.wav", "--json"], ["health", "--json"], ["health"]):
+    # Every provider is configured, so each is really called, at a closed loopback port (the
+    # connection is refused at once): a test never sends traffic off this machine.
+    closed = "http://127.0.0.1:9"
+    env |= {f"{name}_BASE_URL": closed for name in ("ELEVENLABS", "SYNCLABS", "HIGGSFIELD", "HEYGEN")}
+    env |= {"HEYGEN_UPLOAD_URL": closed, "PROVIDER_MAX_TRIES": "1"}
+    for args in (["render", "--text", "hola", "--json"], ["health", "--json"], ["health"]):
         proc = run_cli(args, tmp_path, **env)
         assert proc.returncode == 0, proc.stderr
         assert canary not in proc.stdout and canary not in proc.stderr
+        if args[0] == "render":  # the providers were tried and failed, then strategy 3 worked
+            attempts = {a["provider"]: a["outcome"] for a in json.loads(proc.stdout)["attempts"]}
+            assert attempts["elevenlabs"] == "failed" and attempts["espeak"] == "succeeded"
+            assert attempts["synclabs"] == attempts["higgsfield"] == attempts["heygen"] == "failed"
+
+
+def test_avatar_prepare_installs_a_named_avatar(tmp_path, ffprobe):
+    # Given a base video file, prepared under a name
+    make_video(tmp_path / "santa.mp4", seconds=0.4)
+    proc = run_cli(["avatar", "prepare", "santa.mp4", "--name", "santa", "--json"], tmp_path,
+                   AVATARS_DIR=str(tmp_path / "avatars"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 10 and (tmp_path / "avatars" / "santa.mp4").is_file()
+    assert summary["engines"]["wav2lip"]["prepared"] is False  # no weights here: said why
+    assert "WEIGHTS_DIR" in summary["engines"]["wav2lip"]["reason"]
+    # Then jobs use it by name, and `avatar list` shows it beside the bundled ones
+    make_speech(tmp_path / "s.wav", 0.5)
+    render = run_cli(["render", "--audio", "s.wav", "--avatar", "santa", "--json"], tmp_path,
+                     AVATARS_DIR=str(tmp_path / "avatars"))
+    assert render.returncode == 0, render.stderr
+    listing = run_cli(["avatar", "list"], tmp_path, AVATARS_DIR=str(tmp_path / "avatars")).stdout
+    assert "santa\t" in listing and "demo\t" in listing
+    # And a bad name or a missing file is a clear error
+    bad = run_cli(["avatar", "prepare", "santa.mp4", "--name", "../x"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: invalid_avatar_name:")
+    missing = run_cli(["avatar", "prepare", "nope.mp4", "--name", "x"], tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: avatar_not_found:")

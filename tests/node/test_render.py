@@ -92,7 +92,7 @@ class FailingEngine:
     def unavailable_reason(self):
         return None
 
-    def frames(self, base, speech, frame_count, batch_size):
+    def frames(self, base, speech, frame_count, batch_size, report=None):
         yield np.zeros((min(batch_size, frame_count), base.height, base.width, 3), np.uint8)
         raise RenderFailed("synthetic failure", code="engine_crashed")
 

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,16 +134,9 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Any lookup of a non-loopback host (huggingface.co included) fails the test."""
-    real = socket.getaddrinfo
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise AssertionError(f"test tried to resolve {host!r}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+def clean_env(monkeypatch):
+    """No token or weights dir from the developer's shell (loopback_only in tests/conftest.py
+    already fails any lookup of a non-loopback host, huggingface.co included)."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("WEIGHTS_DIR", raising=False)
 

@@ -1,0 +1,158 @@
+"""Wav2Lip engine figures on random-weight official checkpoints, measured in one run.
+
+    python bench/wav2lip_node.py [--seconds 10] [--long-seconds 60] [--base-seconds 3]
+
+A 720p base video (the demo avatar placed on a 1280x720 canvas) and synthetic speech. Prints:
+  generator_fps            frames/s of the generator alone (inputs ready, batches of WAV2LIP_BATCH_SIZE)
+  node_warm_fps            frames/s of a whole `render --engine wav2lip` with the avatar prepared
+  node_cold_fps            the same with an empty avatar cache (decode + S3FD on every base frame)
+  warm_vs_generator        node_warm_fps / generator_fps (goal >= 0.87)
+  peak_rss_mb_short/long   peak RSS of a render process for --seconds / --long-seconds of speech
+  rss_long_vs_short        their ratio (goal <= 1.2; and <= 1.5 GB at 720p)
+
+Random S3FD weights do not find faces, so the detector here runs the real S3FD network and
+post-processing on every (downscaled) frame for timing, then answers with the avatar's known face
+box so the generator has work on every frame, as it would with real weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from node.media import ffmpeg_binary, write_wav  # noqa: E402
+
+CANVAS = (1280, 720)
+DEMO_OFFSET = (448, 168)  # where the 384x384 demo sits on the canvas (centred)
+
+
+def make_inputs(tmp: Path, base_seconds: float, speech_seconds: list[float]) -> None:
+    demo = REPO / "node" / "assets" / "avatars" / "demo.mp4"
+    x, y = DEMO_OFFSET
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-stream_loop", "-1", "-i", str(demo),
+                    "-t", str(base_seconds), "-vf",
+                    f"pad={CANVAS[0]}:{CANVAS[1]}:{x}:{y}:color=0x506070,format=yuv420p",
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(tmp / "base720.mp4")], check=True)
+    rng = np.random.default_rng(0)
+    for seconds in speech_seconds:
+        t = np.arange(int(seconds * 16000)) / 16000
+        syllables = (np.sin(2 * np.pi * 3.0 * t) > -0.3).astype(np.float32)  # speech-like on/off
+        voice = np.sin(2 * np.pi * 140 * t) + 0.3 * rng.standard_normal(t.size)
+        write_wav(tmp / f"speech{seconds:g}.wav", (0.3 * voice * syllables).astype(np.float32), 16000)
+    from tests.checkpoints import random_state_dict, save, training_container
+
+    weights = tmp / "weights"
+    weights.mkdir()
+    save(training_container(random_state_dict("wav2lip_generator", seed=1)), weights / "wav2lip_gan.pth")
+    save(random_state_dict("s3fd", seed=2), weights / "s3fd.pth")
+
+
+def child(args) -> None:
+    """One render in this process; prints a JSON line with its figures."""
+    from node.config import Settings
+    from node.engines import build_local_engines
+    from node.engines.wav2lip import Wav2LipEngine
+    from node.job import parse_job
+    from node.pipeline import Renderer
+
+    tmp = Path(args.tmp)
+    settings = Settings(_env_file=None, weights_dir=tmp / "weights", temp_dir=tmp / "t",
+                        avatar_cache_dir=tmp / args.cache, video_encoder="libx264", x264_preset="veryfast")
+    engine = Wav2LipEngine(settings)
+    engine.load()
+    face = json.loads((REPO / "node/assets/avatars/demo.json").read_text())["face_box"]
+    box = [face[0] + DEMO_OFFSET[0], face[1] + DEMO_OFFSET[1], face[2] + DEMO_OFFSET[0], face[3] + DEMO_OFFSET[1]]
+
+    load_real_detector = engine._load_detector
+
+    def timed_detector_factory():
+        real_detect = load_real_detector()
+
+        def timed_detector(frames):
+            real_detect(frames)  # the real network + post-processing, for the cost
+            scale = frames.shape[2] / CANVAS[0]
+            return [[v * scale for v in box]] * len(frames)
+        return timed_detector
+
+    engine._load_detector = timed_detector_factory
+    engines = build_local_engines(settings) | {"wav2lip": engine}
+    job = parse_job({"video_id": "bench", "audio": str(tmp / f"speech{args.speech:g}.wav"),
+                     "avatar": str(tmp / "base720.mp4"), "engine": "wav2lip", "strategy": "lipsync"})
+    t0 = time.perf_counter()
+    result = Renderer(settings, engines=engines).render(job, tmp / f"out-{args.cache}.mp4")
+    wall = time.perf_counter() - t0
+    assert result.status == "succeeded", result.as_dict()
+    frames = round(result.duration_s * 25)
+    print(json.dumps({"fps": frames / wall, "wall_s": wall, "frames": frames,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(tmp: Path, speech: float, cache: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--tmp", str(tmp), "--speech", str(speech), "--cache", cache]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "LOG_LEVEL": "WARNING"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def generator_fps(tmp: Path, batch: int, frames: int) -> float:
+    import torch
+
+    from models.wav2lip import load_wav2lip
+
+    model = load_wav2lip(tmp / "weights" / "wav2lip_gan.pth")
+    mel = torch.randn(batch, 1, 80, 16)
+    face = torch.rand(batch, 6, 96, 96)
+    with torch.inference_mode():
+        model(mel, face)  # burn-in
+        t0 = time.perf_counter()
+        for _ in range(max(1, frames // batch)):
+            model(mel, face)
+        return max(1, frames // batch) * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--long-seconds", type=float, default=60.0)
+    ap.add_argument("--base-seconds", type=float, default=3.0)
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--tmp")
+    ap.add_argument("--speech", type=float)
+    ap.add_argument("--cache")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    from node.config import Settings
+
+    batch = Settings(_env_file=None).wav2lip_batch_size
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        make_inputs(tmp, args.base_seconds, [args.seconds, args.long_seconds])
+        gen = generator_fps(tmp, batch, int(args.seconds * 25))
+        cold = run_child(tmp, args.seconds, "cache-cold")
+        warm = run_child(tmp, args.seconds, "cache-cold")  # same cache, now prepared
+        long = run_child(tmp, args.long_seconds, "cache-cold")
+    print(f"base=1280x720 {args.base_seconds:g}s  speech={args.seconds:g}s/{args.long_seconds:g}s  batch={batch}  "
+          f"threads={__import__('torch').get_num_threads()}")
+    print(f"generator_fps={gen:.1f}")
+    print(f"node_warm_fps={warm['fps']:.1f}")
+    print(f"node_cold_fps={cold['fps']:.1f}")
+    print(f"warm_vs_generator={warm['fps'] / gen:.2f}x")
+    print(f"peak_rss_mb_short={warm['peak_rss_mb']:.0f}")
+    print(f"peak_rss_mb_long={long['peak_rss_mb']:.0f}")
+    print(f"rss_long_vs_short={long['peak_rss_mb'] / warm['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+import pytest
+
+from node.device import choose_placement
+
+
+def test_cpu_machine_runs_fp32_on_cpu():
+    p = choose_placement("auto", cuda_available=lambda: False)
+    assert (p.device, p.fp16, p.channels_last) == ("cpu", False, False)
+
+
+@pytest.mark.parametrize("cap,fp16", [((9, 0), True), ((8, 0), True), ((7, 5), True), ((7, 0), True),
+                                      ((6, 1), False), ((5, 2), False)])
+def test_fp16_only_from_volta_on(cap, fp16):
+    p = choose_placement("auto", cuda_available=lambda: True, capability=lambda d: cap)
+    assert p.device == "cuda" and p.fp16 is fp16 and p.channels_last
+
+
+def test_explicit_settings():
+    assert choose_placement("cpu", cuda_available=lambda: True).device == "cpu"
+    p = choose_placement("cuda:1", cuda_available=lambda: True, capability=lambda d: (8, 6))
+    assert p.device == "cuda:1" and p.fp16
+    fallback = choose_placement("cuda", cuda_available=lambda: False)
+    assert fallback.device == "cpu" and "not available" in fallback.reason
+
+
+def test_real_probe_on_this_machine():
+    import torch
+    p = choose_placement("auto")
+    assert p.device == ("cuda" if torch.cuda.is_available() else "cpu")
