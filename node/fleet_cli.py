@@ -62,14 +62,26 @@ def _guard(fn, as_json: bool = False):
 # --- worker -----------------------------------------------------------------------------------------
 
 
-def default_concurrency() -> int:
-    """One job per GPU; 1 without CUDA."""
+def gpu_count() -> int:
     try:
         import torch
 
-        return max(1, torch.cuda.device_count())
-    except Exception:  # no torch, or a CUDA driver problem: one slot still works
-        return 1
+        return torch.cuda.device_count()
+    except Exception:  # no torch, or a CUDA driver problem: no GPU to place slots on
+        return 0
+
+
+def default_concurrency() -> int:
+    """One job per GPU; 1 without CUDA."""
+    return max(1, gpu_count())
+
+
+def slot_devices(setting: str, slots: int, gpus: int) -> list[str]:
+    """TORCH_DEVICE for each slot's Renderer: GPU i for slot i (round robin) when the setting is
+    auto and there is more than one GPU; otherwise one shared Renderer on `setting`."""
+    if setting != "auto" or gpus <= 1:
+        return [setting]
+    return [f"cuda:{i % gpus}" for i in range(min(slots, gpus))]
 
 
 def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=()) -> int:
@@ -131,9 +143,13 @@ def worker(
         hooks.append(PrometheusHooks())
     # Built once: models stay loaded for every job. Provider generation ids live on the job
     # record, so a retry on another node resumes a remote generation instead of paying twice.
-    render = renderer_render(Renderer(settings, generations=RedisGenerationStore(settings)))
-    raise typer.Exit(run_worker(settings, render, concurrency=concurrency or default_concurrency(),
-                                node_id=node_id, hooks=hooks))
+    # With several GPUs and TORCH_DEVICE=auto, slot i gets a Renderer on GPU i (one job per GPU).
+    slots = concurrency or default_concurrency()
+    generations = RedisGenerationStore(settings)
+    devices = slot_devices(settings.torch_device, slots, gpu_count())
+    render = [renderer_render(Renderer(settings.model_copy(update={"torch_device": d}), generations=generations))
+              for d in devices]
+    raise typer.Exit(run_worker(settings, render, concurrency=slots, node_id=node_id, hooks=hooks))
 
 
 # --- submit and status ---------------------------------------------------------------------------------

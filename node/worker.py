@@ -80,11 +80,16 @@ def default_node_id() -> str:
 
 
 class Worker:
-    def __init__(self, queue: RedisQueue, settings: Settings, render: RenderFn, *, concurrency: int = 1,
+    def __init__(self, queue: RedisQueue, settings: Settings, render: RenderFn | list[RenderFn], *,
+                 concurrency: int = 1,
                  node_id: str | None = None, hooks: Iterable[WorkerHooks] = (),
                  webhooks: WebhookSender | None = None, rand: Callable[[], float] = random.random,
                  housekeeping: bool = True):
-        self.queue, self.settings, self.render = queue, settings, render
+        # One render function for every slot, or one per slot (slot i uses renders[i % n]): a node
+        # with several GPUs gives each slot a Renderer of its own device.
+        self.queue, self.settings = queue, settings
+        self._renders = list(render) if isinstance(render, (list, tuple)) else [render]
+        self._slot = threading.local()
         self.concurrency = max(1, concurrency)
         self.node_id = node_id or settings.node_id or default_node_id()
         self.hooks, self.webhooks, self._rand = list(hooks), webhooks, rand
@@ -93,7 +98,8 @@ class Worker:
         # consumer names: unique per process even when two processes are given one NODE_ID, so
         # a lease can never be mistaken for another process's
         run = secrets.token_hex(3)
-        self._threads = [threading.Thread(target=self._slot_loop, args=(f"{self.node_id}/{i}#{run}",),
+        self._threads = [threading.Thread(target=self._slot_loop,
+                                          args=(f"{self.node_id}/{i}#{run}", self._renders[i % len(self._renders)]),
                                           name=f"slot-{i}", daemon=True) for i in range(self.concurrency)]
         if housekeeping:
             self._threads.append(threading.Thread(target=self._housekeeping_loop, name="housekeeping",
@@ -133,7 +139,8 @@ class Worker:
 
     # --- the loop ------------------------------------------------------------------------------------
 
-    def _slot_loop(self, owner: str) -> None:
+    def _slot_loop(self, owner: str, render: RenderFn) -> None:
+        self._slot.render = render
         failures, next_reclaim = 0, 0.0
         reclaim_every = max(0.05, self.settings.job_lock_timeout / 4)
         while not self._draining.is_set():
@@ -194,7 +201,7 @@ class Worker:
             error, cancelled, result, record = None, False, None, None
             self._emit("render_started", claim)
             try:
-                result = self.render(claim.job, output, _ProgressReporter(self, claim, lease), should_stop)
+                result = self._slot.render(claim.job, output, _ProgressReporter(self, claim, lease), should_stop)
                 if result.status != "succeeded":
                     err = result.error or {}
                     error = JobError(err.get("code", "render_failed"), err.get("message", "render failed"), True)

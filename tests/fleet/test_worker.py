@@ -214,3 +214,23 @@ def test_prometheus_hooks_count_outcomes(queue, media, start_worker):
     start_worker(writes_output, hooks=[PrometheusHooks()])
     finished(queue, "counted")
     wait_for(lambda: JOBS.labels("succeeded")._value.get() == before + 1, 5, "the counter")
+
+
+def test_each_slot_renders_with_its_own_render_function(queue, media, start_worker):
+    # Given two slots, each with its own renderer (as one GPU each), and jobs that take a while
+    used: dict[str, set] = {"a": set(), "b": set()}
+
+    def renderer(name):
+        def render(job, output, progress, should_stop):
+            used[name].add(threading.current_thread().name)
+            threading.Event().wait(0.2)
+            return writes_output(job, output, progress, should_stop)
+        return render
+
+    for i in range(6):
+        queue.submit(job_request(media, f"slot{i}"))
+    start_worker([renderer("a"), renderer("b")], concurrency=2)
+    for i in range(6):
+        assert finished(queue, f"slot{i}").state is JobState.succeeded
+    # Then each renderer served exactly one slot thread, and both did work
+    assert used["a"] == {"slot-0"} and used["b"] == {"slot-1"}
