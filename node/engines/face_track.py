@@ -36,7 +36,7 @@ PADS = (0, 10, 0, 0)
 DETECT_MAX_SIDE = 640
 MIN_FACE_PX_AFTER_SCALING = 48
 #: Frames per detector batch, and the centred moving-average window for box smoothing (frames).
-DETECT_BATCH = 8
+DETECT_BATCH = 4
 SMOOTH_WINDOW = 5
 
 #: (N, H, W, 3) uint8 BGR frames -> one (x1, y1, x2, y2) or None per frame.

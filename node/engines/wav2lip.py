@@ -67,10 +67,12 @@ class Wav2LipEngine:
             import torch
 
             from models.wav2lip import load_wav2lip
+            from models.wav2lip.conv import fold_batchnorm
 
             self._placement = choose_placement(self._device_setting)
             path = wav2lip_checkpoint(self.weights_dir)
-            model = load_wav2lip(path, self._placement.device)
+            # Strict load of the official file first, then the inference-only rewrites.
+            model = fold_batchnorm(load_wav2lip(path, self._placement.device))
             if self._placement.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             self._model = model

@@ -6,6 +6,7 @@ audio (tone bursts, never silent), so everything downstream runs on real decoder
 
 from __future__ import annotations
 
+import atexit
 import io
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 _DIR = Path(tempfile.mkdtemp(prefix="lipsync-mocks-"))
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)  # made per process, gone with it
 #: seconds of the audio the TTS mock speaks, and of the video the video mocks return.
 SPEECH_S = 1.2
 VIDEO_S = 1.0

@@ -5,7 +5,7 @@ from node.device import choose_placement
 
 def test_cpu_machine_runs_fp32_on_cpu():
     p = choose_placement("auto", cuda_available=lambda: False)
-    assert (p.device, p.fp16, p.channels_last) == ("cpu", False, False)
+    assert (p.device, p.fp16, p.channels_last) == ("cpu", False, True)
 
 
 @pytest.mark.parametrize("cap,fp16", [((9, 0), True), ((8, 0), True), ((7, 5), True), ((7, 0), True),
