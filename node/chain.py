@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -71,6 +71,7 @@ class StepInputs:
     batch_size: int
     workdir: Path
     persona: Persona | None = None  # the full-video providers animate the persona
+    should_stop: Callable[[], bool] | None = None  # drain/lost lease: remote polling stops too
 
 
 class Step(Protocol):
@@ -143,7 +144,7 @@ class LipSyncApiStep:
         video = provider_media.video_of(inputs.base.source.path, inputs.workdir / f"{self.name}-base.mp4",
                                         inputs.speech.duration_s)
         result = self.client.lipsync(video, inputs.speech.path, inputs.workdir / f"{self.name}-out.mp4",
-                                     video_id=inputs.job.video_id)
+                                     video_id=inputs.job.video_id, should_stop=inputs.should_stop)
         return FileRendition(result.path, result.note)
 
 
@@ -162,7 +163,8 @@ class FullVideoApiStep:
     def produce(self, inputs: StepInputs) -> FileRendition:
         portrait = provider_media.portrait_of(inputs.base.source.path, inputs.workdir / f"{self.name}-portrait.png")
         result = self.client.generate(inputs.persona, portrait, inputs.speech.path,
-                                      inputs.workdir / f"{self.name}-out.mp4", video_id=inputs.job.video_id)
+                                      inputs.workdir / f"{self.name}-out.mp4", video_id=inputs.job.video_id,
+                                      should_stop=inputs.should_stop)
         return FileRendition(result.path, result.note)
 
 

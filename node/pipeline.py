@@ -103,7 +103,8 @@ class Renderer:
         base = self._open_avatar(job.avatar or persona.avatar)
         speech = self._speech(job, persona, workdir, attempts, timings)
         frame_count = max(1, math.ceil(speech.duration_s * float(base.fps) - 1e-9))
-        inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir, persona)
+        inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir, persona,
+                            should_stop)
         log.info("rendering %d frames at %s fps (%.2fs of speech from %s) on avatar %s",
                  frame_count, base.fps, speech.duration_s, speech.provider, base.source.name)
 

@@ -31,6 +31,7 @@ from typing import Callable, TypeVar
 import httpx
 
 from node.backoff import backoff_delay, retry_after_delay
+from node.errors import Cancelled
 from providers import metrics
 from providers.base import ProviderError
 
@@ -220,13 +221,19 @@ def job_state(raw: str | None, *, succeeded: set[str], failed: set[str]) -> JobS
     return JobState.running
 
 
+#: seconds; a poll wait is slept in steps this long, so a drain is noticed promptly.
+STOP_CHECK_S = 1.0
+
+
 def poll_job(fetch: Callable[[], JobStatus], *, provider: str, generation_id: str, deadline: Deadline,
-             base_s: float, cap_s: float, sleep: Callable[[float], None] = time.sleep) -> JobStatus:
+             base_s: float, cap_s: float, sleep: Callable[[float], None] = time.sleep,
+             should_stop: Callable[[], bool] | None = None) -> JobStatus:
     """`fetch()` with backoff (base_s doubling to cap_s, jittered) until a terminal state.
 
     A retryable fetch error is one more poll later, not the end: only a permanent error or the
     deadline stops polling. On the deadline the generation id stays stored by the caller, so a
-    retried job resumes this generation."""
+    retried job resumes this generation. `should_stop()` turning true (a drain, a lost lease)
+    ends polling with Cancelled, between polls, the same way a local engine stops between batches."""
     polls, last = 0, "no status yet"
     while True:
         try:
@@ -244,4 +251,13 @@ def poll_job(fetch: Callable[[], JobStatus], *, provider: str, generation_id: st
             raise ProviderError("generation_timeout", f"generation {generation_id} not finished within "
                                 f"the {deadline.seconds:g}s deadline ({last})")
         polls += 1
-        sleep(min(backoff_delay(polls, base_s=base_s, cap_s=cap_s), left))
+        wait = min(backoff_delay(polls, base_s=base_s, cap_s=cap_s), left)
+        while True:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped while polling {provider} generation {generation_id}; the job "
+                                "resumes it when it runs again")
+            if wait <= 0:
+                break
+            step = min(wait, STOP_CHECK_S)
+            sleep(step)
+            wait -= step

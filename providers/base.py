@@ -19,7 +19,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 from node.personas import Persona
 
@@ -70,7 +70,8 @@ class LipSyncAPI(Protocol):
 
     def unavailable_reason(self) -> str | None: ...
 
-    def lipsync(self, video: Path, audio: Path, out_path: Path, *, video_id: str) -> RemoteVideo: ...
+    def lipsync(self, video: Path, audio: Path, out_path: Path, *, video_id: str,
+                should_stop: Callable[[], bool] | None = None) -> RemoteVideo: ...
 
 
 @runtime_checkable
@@ -80,7 +81,7 @@ class FullVideoAPI(Protocol):
     def unavailable_reason(self) -> str | None: ...
 
     def generate(self, persona: Persona, portrait: Path, audio: Path, out_path: Path, *,
-                 video_id: str) -> RemoteVideo: ...
+                 video_id: str, should_stop: Callable[[], bool] | None = None) -> RemoteVideo: ...
 
 
 # --- where a job's generation ids live --------------------------------------------------------

@@ -34,7 +34,10 @@ class GenerationFlow:
 
     def run(self, *, video_id: str, out_path: Path,
             create: Callable[[Deadline, CallLog], str],
-            fetch: Callable[[str, Deadline, CallLog], JobStatus]) -> RemoteVideo:
+            fetch: Callable[[str, Deadline, CallLog], JobStatus],
+            should_stop: Callable[[], bool] | None = None) -> RemoteVideo:
+        """`should_stop` (a drain): polling ends with Cancelled; the stored id lets the requeued
+        job resume this generation."""
         http, name = self.http, self.http.name
         deadline, calls = Deadline(http.limits.deadline_s), CallLog()
         with http.guard(deadline):
@@ -59,7 +62,7 @@ class GenerationFlow:
 
             status = poll_job(lambda: fetch(generation_id, deadline, calls), provider=name,
                               generation_id=generation_id, deadline=deadline, base_s=http.limits.poll_base_s,
-                              cap_s=http.limits.poll_cap_s, sleep=http.sleep)
+                              cap_s=http.limits.poll_cap_s, sleep=http.sleep, should_stop=should_stop)
             if status.state is JobState.failed:
                 # Failed generations are kept: a retried job resumes this one and fails fast
                 # instead of paying for another (one generation per job and provider).

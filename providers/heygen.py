@@ -16,7 +16,7 @@ Errors come as {"error": {"code", "message", "param", "doc_url"}}; 429 carries R
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -67,7 +67,7 @@ class HeyGenVideo:
         return self.http.circuit.reason()
 
     def generate(self, persona: Persona, portrait: Path, audio: Path, out_path: Path, *,
-                 video_id: str) -> RemoteVideo:
+                 video_id: str, should_stop: Callable[[], bool] | None = None) -> RemoteVideo:
         if media.sniff_mime(audio) not in ("audio/wav", "audio/mpeg"):  # HeyGen takes WAV or MP3 audio
             audio = media.to_wav_pcm16(audio, out_path.with_name(f"{out_path.stem}-speech.wav"))
         for path in (portrait, audio):
@@ -97,7 +97,8 @@ class HeyGenVideo:
             return JobStatus(job_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, data.get("video_url"),
                              data.get("failure_code"), data.get("failure_message"))
 
-        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch)
+        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch,
+                             should_stop=should_stop)
 
     def _upload(self, path: Path, deadline: Deadline, calls: CallLog) -> str:
         files = {"file": (path.name, path.read_bytes(), media.sniff_mime(path))}

@@ -17,7 +17,7 @@ to HeyGen. There are no idempotency keys: an ambiguous create is never repeated 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -81,7 +81,7 @@ class HiggsfieldSpeak:
         return self.http.circuit.reason()
 
     def generate(self, persona: Persona, portrait: Path, audio: Path, out_path: Path, *,
-                 video_id: str) -> RemoteVideo:
+                 video_id: str, should_stop: Callable[[], bool] | None = None) -> RemoteVideo:
         duration = duration_bucket(media.audio_seconds(audio))  # before any network call or upload
 
         def create(deadline: Deadline, calls: CallLog) -> str:
@@ -109,7 +109,8 @@ class HiggsfieldSpeak:
                              "nsfw" if raw == "nsfw" else None,
                              error if isinstance(error, str) else (str(error) if error else None))
 
-        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch)
+        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch,
+                             should_stop=should_stop)
 
     def _upload(self, path: Path, content_type: str, deadline: Deadline, calls: CallLog) -> str:
         _, slot = self.http.request("POST", "/files/generate-upload-url", what="upload URL", deadline=deadline,

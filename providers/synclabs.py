@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -61,7 +61,8 @@ class SyncLabsLipSync:
             return "not configured: SYNCLABS_API_KEY not set"
         return self.http.circuit.reason()
 
-    def lipsync(self, video: Path, audio: Path, out_path: Path, *, video_id: str) -> RemoteVideo:
+    def lipsync(self, video: Path, audio: Path, out_path: Path, *, video_id: str,
+                should_stop: Callable[[], bool] | None = None) -> RemoteVideo:
         for path in (video, audio):
             if path.stat().st_size > MAX_MULTIPART_BYTES:
                 raise ProviderError("input_too_large", f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; Sync "
@@ -88,4 +89,5 @@ class SyncLabsLipSync:
             return JobStatus(job_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, body.get("outputUrl"),
                              body.get("error_code") or body.get("errorCode"), body.get("error"))
 
-        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch)
+        return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch,
+                             should_stop=should_stop)

@@ -111,3 +111,27 @@ def test_unconfigured_and_circuit_reasons(sync_mock, sleep, store, avatar, speec
     with pytest.raises(ProviderError) as e:
         c.lipsync(avatar, speech, tmp_path / "o.mp4", video_id="j9")
     assert e.value.code == "circuit_open" and sum(sync_mock.counts.values()) == before
+
+
+def test_a_drain_stops_polling_and_the_next_run_resumes(sync_mock, sleep, tmp_path, avatar, speech):
+    # Given a stuck generation and a node that is asked to stop while it polls
+    from node.errors import Cancelled
+
+    store = FileGenerationStore(tmp_path / "generations")
+    sync_mock.book.outcome = "stuck"
+    stop = {"now": False}
+
+    def counting_sleep(seconds):
+        sleep(seconds)
+        stop["now"] = sync_mock.counts.get("status", 0) >= 2  # the drain arrives after 2 polls
+
+    with pytest.raises(Cancelled):
+        client(sync_mock, counting_sleep, store, deadline_s=600).lipsync(
+            avatar, speech, tmp_path / "o.mp4", video_id="job-d", should_stop=lambda: stop["now"])
+    # Then it stopped between polls, long before the deadline, with the generation id kept
+    assert sync_mock.counts["status"] == 2 and store.get("job-d", "synclabs") == "gen_0001"
+    # And the requeued job (a new node) resumes that generation: still one create
+    sync_mock.book.outcome = "complete"
+    result = client(sync_mock, sleep, FileGenerationStore(tmp_path / "generations")).lipsync(
+        avatar, speech, tmp_path / "o.mp4", video_id="job-d")
+    assert sync_mock.book.created == 1 and result.generation_id == "gen_0001"
