@@ -116,8 +116,8 @@ class BaseVideoStep:
 
 
 class RemoteStep:
-    """A remote provider that is named by the configuration but whose client is not present in
-    this build, or that lacks its keys: always skipped, with the reason."""
+    """A provider name in the configuration that no client serves (a typo, or a provider that
+    cannot do this strategy): always skipped, with the reason."""
 
     def __init__(self, stage: str, name: str, reason: str):
         self.stage, self.name, self._reason = stage, name, reason
@@ -168,27 +168,15 @@ class FullVideoApiStep:
         return FileRendition(result.path, result.note)
 
 
-_REMOTE_KEYS = {
-    "synclabs": ("SYNCLABS_API_KEY",),
-    "higgsfield": ("HIGGSFIELD_API_KEY_ID", "HIGGSFIELD_API_KEY_SECRET"),
-    "heygen": ("HEYGEN_API_KEY",),
-}
-
-
-def _remote_step(stage: str, name: str, settings: Settings, remote: dict) -> Step:
-    keys = _REMOTE_KEYS.get(name)
-    if keys is None:
-        return RemoteStep(stage, name, f"unknown provider {name!r} in the configuration")
-    unset = [k for k in keys if getattr(settings, k.lower()) is None]
-    if unset:
-        return RemoteStep(stage, name, f"not configured: {' and '.join(unset)} not set")
+def _remote_step(stage: str, name: str, remote: dict) -> Step:
+    """The step for a configured provider name; the client itself says when it lacks its keys."""
     client = remote.get(name)
     if stage == Strategy.lipsync.value and isinstance(client, LipSyncAPI):
         return LipSyncApiStep(client)
     if stage == Strategy.full_video.value and isinstance(client, FullVideoAPI):
         return FullVideoApiStep(client)
     if client is None:
-        return RemoteStep(stage, name, f"the {name} client is not in this build")
+        return RemoteStep(stage, name, f"unknown provider {name!r} in the configuration")
     return RemoteStep(stage, name, f"{name} cannot serve the {stage} strategy")
 
 
@@ -210,9 +198,9 @@ def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine],
                 if name in engines:
                     steps.append(EngineStep(engines[name]))
                 else:
-                    steps.append(_remote_step(strategy.value, name, settings, remote))
+                    steps.append(_remote_step(strategy.value, name, remote))
         elif strategy is Strategy.full_video:
-            steps += [_remote_step(strategy.value, name, settings, remote) for name in settings.full_video_providers]
+            steps += [_remote_step(strategy.value, name, remote) for name in settings.full_video_providers]
         else:
             steps.append(BaseVideoStep())
     return steps

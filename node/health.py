@@ -22,15 +22,15 @@ REMOTE_LICENCES = {
 
 def node_health(settings: Settings) -> dict:
     components = []
+    tts = EspeakTTS(settings.espeak_binary)
     binaries = {"ffmpeg": _safe(ffmpeg_binary), "ffprobe": ffprobe_binary(),
-                "espeak-ng": EspeakTTS(settings.espeak_binary).binary}
+                "espeak-ng": tts.binary}
     for name, path in binaries.items():
         components.append({"kind": "binary", "name": name, "ready": bool(path),
                            "reason": path or "not found"})
     providers = build_providers(settings)
     components.append(_row("tts", "elevenlabs", providers.elevenlabs.unavailable_reason(),
                            "commercial API (ElevenLabs terms)"))
-    tts = EspeakTTS(settings.espeak_binary)
     components.append(_row("tts", tts.name, tts.unavailable_reason(), "GPL-3.0 (espeak-ng)"))
     engines = build_local_engines(settings)
     for name, engine in engines.items():

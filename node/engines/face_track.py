@@ -101,6 +101,8 @@ def prepare_face_track(base: BaseVideo, detect: FaceDetector) -> FaceTrack:
     boxes = _pad_and_clip(_smooth(raw, found), w, h)
     valid = found & (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
     crops = np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    # A second read of the frames: crops need the smoothed boxes, i.e. their neighbours'
+    # detections, and holding every frame until then would tie memory to the video's length.
     for start in range(0, n, DETECT_BATCH):
         frames = base.take(range(start, min(n, start + DETECT_BATCH)))
         for k, frame in enumerate(frames):

@@ -17,20 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from node.media import ffmpeg_binary
+
 _DIR = Path(tempfile.mkdtemp(prefix="lipsync-mocks-"))
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)  # made per process, gone with it
 #: seconds of the audio the TTS mock speaks, and of the video the video mocks return.
 SPEECH_S = 1.2
 VIDEO_S = 1.0
-
-
-def _ffmpeg() -> str:
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def speech_samples(seconds: float = SPEECH_S, rate: int = 44100) -> np.ndarray:
@@ -62,7 +55,7 @@ def mp3_bytes(rate: int = 44100, kbps: int = 128) -> bytes:
     src = _DIR / f"speech-{rate}.wav"
     src.write_bytes(wav_bytes(rate))
     out = _DIR / f"speech-{rate}-{kbps}.mp3"
-    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-i", str(src), "-c:a", "libmp3lame", "-b:a", f"{kbps}k",
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(src), "-c:a", "libmp3lame", "-b:a", f"{kbps}k",
                     str(out)], check=True)
     return out.read_bytes()
 
@@ -84,7 +77,7 @@ def audio_for(output_format: str) -> tuple[bytes, str]:
 @lru_cache(maxsize=None)
 def mp4_bytes(width: int = 160, height: int = 120, seconds: float = VIDEO_S) -> bytes:
     out = _DIR / f"video-{width}x{height}-{seconds}.mp4"
-    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate=25",
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate=25",
                     "-f", "lavfi", "-i", "sine=frequency=440", "-t", str(seconds), "-pix_fmt", "yuv420p",
                     "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(out)], check=True)
     return out.read_bytes()
