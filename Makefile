@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,cpu
 PYTEST_ARGS ?= -q
 DEMO_TEXT ?= ¡Jo, jo, jo! Hola Lucía. Este año te has portado muy bien. ¡Feliz Navidad!
 BIN := $(VENV)/bin
@@ -36,6 +36,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/encoder_fps.py
 	$(BIN)/python bench/wav2lip_node.py
+	$(BIN)/python bench/musetalk_node.py
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/audio_cache.py
 

@@ -88,15 +88,15 @@ class EngineStep:
 
     stage = Strategy.lipsync.value
 
-    def __init__(self, engine: LipSyncEngine):
-        self.engine, self.name = engine, engine.name
+    def __init__(self, engine: LipSyncEngine, batch_size: int):
+        self.engine, self.name, self.batch_size = engine, engine.name, batch_size
 
     def unavailable_reason(self) -> str | None:
         return self.engine.unavailable_reason()
 
     def produce(self, inputs: StepInputs) -> FrameRendition:
         base, report = inputs.base, {}
-        batches = self.engine.frames(base, inputs.speech, inputs.frame_count, inputs.batch_size, report)
+        batches = self.engine.frames(base, inputs.speech, inputs.frame_count, self.batch_size, report)
         return FrameRendition(base.width, base.height, base.fps, inputs.frame_count, batches, report)
 
 
@@ -183,9 +183,9 @@ def _remote_step(stage: str, name: str, remote: dict) -> Step:
 def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine],
                remote: dict | None = None) -> list[Step]:
     """The ordered steps for `job`: `--strategy` picks strategies, `--engine` pins strategy 1.
-    `remote`: provider name -> client (providers.registry); built from settings when None."""
+    `remote`: provider name -> client (node.provider_set); built from settings when None."""
     if remote is None:
-        from providers.registry import build_providers  # clients connect lazily: this is cheap
+        from node.provider_set import build_providers  # clients connect lazily: this is cheap
 
         remote = build_providers(settings).remote
     strategies = ([Strategy.lipsync, Strategy.full_video, Strategy.base_video]
@@ -196,7 +196,7 @@ def plan_steps(job: Job, settings: Settings, engines: dict[str, LipSyncEngine],
             names = [job.engine.value] if job.engine else settings.lipsync_engines
             for name in names:
                 if name in engines:
-                    steps.append(EngineStep(engines[name]))
+                    steps.append(EngineStep(engines[name], settings.batch_size_for(name)[0]))
                 else:
                     steps.append(_remote_step(strategy.value, name, remote))
         elif strategy is Strategy.full_video:

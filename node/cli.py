@@ -12,35 +12,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
-from node.config import Settings, get_settings
+from node import fleet_cli
+from node.cli_common import EXIT_FAILED, EXIT_INVALID, fail, load_settings
 from node.errors import Cancelled, InvalidInput, LipsyncError
 from node.job import Engine, Strategy, parse_job
-from node.logs import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Self-hosted render node for lip-synced talking-head videos.")
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-
-
-def _settings() -> Settings:
-    try:
-        settings = get_settings()
-    except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        field = str(err["loc"][0]).upper() if err.get("loc") else "?"
-        _fail(EXIT_INVALID, "invalid_setting", f"{field}: {err['msg']}")
-    configure_logging(settings.log_level, settings.use_json_logging)
-    return settings
-
-
-def _fail(exit_code: int, code: str, message: str, as_json: bool = False, **extra) -> None:
-    if as_json:
-        print(json.dumps({"status": "failed", "error": {"code": code, "message": message}, **extra}))
-    typer.echo(f"error: {code}: {message}", err=True)
-    raise typer.Exit(exit_code)
 
 
 @app.command()
@@ -56,14 +35,14 @@ def render(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON result object on stdout."),
 ) -> None:
     """Render one video now, in this process."""
-    settings = _settings()
+    settings = load_settings()
     request = {"video_id": video_id, "persona": persona, "text": text,
                "audio": str(audio) if audio else None, "avatar": avatar,
                "strategy": strategy.value, "engine": engine.value if engine else None}
     try:
         job = parse_job(request, max_text_chars=settings.max_text_chars)
     except InvalidInput as e:
-        _fail(EXIT_INVALID, e.code, e.message, as_json, video_id=video_id)
+        fail(EXIT_INVALID, e.code, e.message, as_json, video_id=video_id)
 
     from node.pipeline import Renderer  # heavy imports only once the input is known to be valid
 
@@ -72,9 +51,9 @@ def render(
         with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
             result = renderer.render(job, output, progress=progress)
     except InvalidInput as e:
-        _fail(EXIT_INVALID, e.code, e.message, as_json, video_id=job.video_id)
+        fail(EXIT_INVALID, e.code, e.message, as_json, video_id=job.video_id)
     except (LipsyncError, Cancelled) as e:
-        _fail(EXIT_FAILED, e.code, e.message, as_json, video_id=job.video_id)
+        fail(EXIT_FAILED, e.code, e.message, as_json, video_id=job.video_id)
     if as_json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
     elif result.status == "succeeded":
@@ -89,7 +68,7 @@ def render(
 @app.command()
 def health(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """What this node can do: engines (with licences), providers, encoder, binaries."""
-    settings = _settings()
+    settings = load_settings()
     from node.health import node_health
 
     report = node_health(settings)
@@ -112,7 +91,7 @@ def health(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 @app.command()
 def personas() -> None:
     """List the personas this node knows."""
-    settings = _settings()
+    settings = load_settings()
     from node.personas import list_personas
 
     for name in list_personas(settings.personas_dir):
@@ -131,13 +110,13 @@ def avatar_prepare(
 ) -> None:
     """Install PATH as avatar NAME in AVATARS_DIR and build the engines' caches now
     (decoded frames, face boxes, crops), so the first job on it skips all of that."""
-    settings = _settings()
+    settings = load_settings()
     from node.pipeline import Renderer
 
     try:
         summary = Renderer(settings).prepare_avatar(path, name)
     except InvalidInput as e:
-        _fail(EXIT_INVALID, e.code, e.message, as_json)
+        fail(EXIT_INVALID, e.code, e.message, as_json)
     if as_json:
         print(json.dumps(summary))
         return
@@ -151,7 +130,7 @@ def avatar_prepare(
 @avatar_app.command("list")
 def avatar_list() -> None:
     """Bundled avatars and those in AVATARS_DIR."""
-    settings = _settings()
+    settings = load_settings()
     from node.avatars import list_avatars
 
     for name, path in list_avatars(settings.avatars_dir):
@@ -191,8 +170,6 @@ class _progress_bar:
 
 
 # --- fleet commands (node/fleet_cli.py): worker, submit, status, dlq, cleanup ---------------------
-from node import fleet_cli  # noqa: E402  (after _settings/_fail, which it uses)
-
 app.command("worker")(fleet_cli.worker)
 app.command("submit")(fleet_cli.submit)
 app.command("status")(fleet_cli.status)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,10 +76,21 @@ class Settings(BaseSettings):
     full_video_provider_order: str = DEFAULT_FULL_VIDEO_ORDER
     #: Enables the `mock` lip-sync engine (tests and local development only).
     enable_mock_engine: bool = False
-    #: Frames per batch for local engines; also the granularity of drain and progress.
-    lipsync_batch_size: int = Field(default=16, ge=1)
-    #: Frames per Wav2Lip generator call (the official default is 128; smaller drains sooner).
-    wav2lip_batch_size: int = Field(default=32, ge=1)
+    #: Frames per batch, the one rule for batches: every strategy yields frames in batches of this
+    #: size and the drain and progress are checked after each; it is also each local engine's
+    #: model batch unless that engine's own setting is set (see `batch_size_for`).
+    lipsync_batch_size: int = Field(default=32, ge=1)
+    #: Frames per Wav2Lip generator call, if not LIPSYNC_BATCH_SIZE (the official default is 128);
+    #: when set, Wav2Lip renders yield and are drain-checked every this many frames instead.
+    wav2lip_batch_size: Optional[int] = Field(default=None, ge=1)
+    #: Frames per MuseTalk UNet + VAE-decode call, if not LIPSYNC_BATCH_SIZE; same rule.
+    musetalk_batch_size: Optional[int] = Field(default=None, ge=1)
+    #: Blur kernel of MuseTalk's blend mask as a fraction of the crop side: 0.05 as the official
+    #: scripts/inference.py; 0.1 is the realtime preparation's softer edge. Part of the avatar
+    #: cache key, so changing it prepares avatars again.
+    musetalk_blur_ratio: float = Field(default=0.05, gt=0, le=1)
+    #: torch.compile the VAE decoder on CUDA (compiled on the first job; CPU nodes ignore it).
+    musetalk_compile: bool = False
     #: auto | cpu | cuda | cuda:N; fp16 autocast is chosen by the GPU's capability.
     torch_device: str = "auto"
 
@@ -189,6 +200,15 @@ class Settings(BaseSettings):
     @property
     def full_video_providers(self) -> list[str]:
         return _split_names(self.full_video_provider_order)
+
+    def batch_size_for(self, engine: str) -> tuple[int, str]:
+        """(frames per batch, the setting it comes from) for a local engine: its own
+        `<ENGINE>_BATCH_SIZE` when set, else LIPSYNC_BATCH_SIZE. Its renders yield, report
+        progress and check for a drain after every batch of that size."""
+        own = getattr(self, f"{engine}_batch_size", None)
+        if own:
+            return own, f"{engine.upper()}_BATCH_SIZE"
+        return self.lipsync_batch_size, "LIPSYNC_BATCH_SIZE"
 
 
 def _split_names(value: str) -> list[str]:

@@ -6,13 +6,16 @@
     │   └── JobNotFound            job_not_found
     ├── Unavailable                an engine/provider cannot run here (no weights, no key): skip it
     ├── RenderFailed               an engine/provider ran and failed; the chain moves on
-    │   └── MediaError             ffmpeg/ffprobe failed on something we produced
+    │   ├── MediaError             ffmpeg/ffprobe failed on something we produced
+    │   └── ProviderError          a remote provider call failed (providers/ raise it; it also
+    │                              says whether the provider was at fault, for its circuit breaker)
     ├── AllStrategiesFailed        nothing in the chain produced a video
     ├── BrokerError                Redis answered with an error we did not expect
     │   └── QueueUnavailable       Redis cannot be reached now (retryable)
     └── Cancelled                  stopped at a batch boundary (drain, lost lease): requeue it
 
 Lower-layer errors (subprocess, httpx, redis) are translated where they happen, `raise ... from e`.
+One tree for the node and its providers: the pipeline catches `LipsyncError` and nothing else.
 """
 
 from __future__ import annotations
@@ -59,6 +62,19 @@ class RenderFailed(LipsyncError):
 
 class MediaError(RenderFailed):
     code = "media_error"
+
+
+class ProviderError(RenderFailed):
+    """A provider call failed; `code` is stable, the message never contains a secret.
+
+    `retryable`: a later attempt of the job may succeed. `provider_fault`: the provider (not the
+    job's input, not our own stop) failed, so the failure counts towards opening its circuit."""
+
+    code = "provider_error"
+
+    def __init__(self, code: str, message: str, *, retryable: bool = True, provider_fault: bool = True):
+        super().__init__(message, code=code, retryable=retryable)
+        self.provider_fault = provider_fault
 
 
 class AllStrategiesFailed(LipsyncError):

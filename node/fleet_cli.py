@@ -17,30 +17,18 @@ from typing import Optional
 
 import typer
 
+from node.cli_common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, load_settings
 from node.errors import InvalidInput, LipsyncError
 from node.job import Engine, Strategy
 from node.records import JobRecord, JobState, iso_ms
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 #: seconds between status polls of `submit --wait`.
 WAIT_POLL_S = 0.25
 
 dlq_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="The dead-letter queue: failed and dead jobs with their error history.")
-
-
-def _settings():
-    from node.cli import _settings as load  # lazy: node.cli imports this module at its end
-
-    return load()
-
-
-def _fail(exit_code: int, code: str, message: str, as_json: bool = False, **extra) -> None:
-    from node.cli import _fail as fail
-
-    fail(exit_code, code, message, as_json, **extra)
 
 
 def _queue(settings):
@@ -54,9 +42,9 @@ def _guard(fn, as_json: bool = False):
     try:
         return fn()
     except InvalidInput as e:
-        _fail(EXIT_INVALID, e.code, e.message, as_json)
+        fail(EXIT_INVALID, e.code, e.message, as_json)
     except LipsyncError as e:
-        _fail(EXIT_FAILED, e.code, e.message, as_json)
+        fail(EXIT_FAILED, e.code, e.message, as_json)
 
 
 # --- worker -----------------------------------------------------------------------------------------
@@ -82,6 +70,16 @@ def slot_devices(setting: str, slots: int, gpus: int) -> list[str]:
     if setting != "auto" or gpus <= 1:
         return [setting]
     return [f"cuda:{i % gpus}" for i in range(min(slots, gpus))]
+
+
+def slot_renderers(settings, devices: list[str], generations=None) -> list:
+    """One Renderer per device, all sharing the process's one provider set: a provider's
+    concurrency slots and circuit breaker are per process, whatever the number of GPUs."""
+    from node.pipeline import Renderer
+    from node.provider_set import build_providers
+
+    providers = build_providers(settings, store=generations)
+    return [Renderer(settings.model_copy(update={"torch_device": d}), providers=providers) for d in devices]
 
 
 def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=()) -> int:
@@ -130,8 +128,7 @@ def worker(
                                           "or hostname-pid)."),
 ) -> None:
     """Take jobs from REDIS_URL and render them until SIGTERM/SIGINT (then drain, exit 0)."""
-    settings = _settings()
-    from node.pipeline import Renderer
+    settings = load_settings()
     from node.queue import RedisGenerationStore
     from node.worker import renderer_render
 
@@ -145,10 +142,10 @@ def worker(
     # record, so a retry on another node resumes a remote generation instead of paying twice.
     # With several GPUs and TORCH_DEVICE=auto, slot i gets a Renderer on GPU i (one job per GPU).
     slots = concurrency or default_concurrency()
-    generations = RedisGenerationStore(settings)
-    devices = slot_devices(settings.torch_device, slots, gpu_count())
-    render = [renderer_render(Renderer(settings.model_copy(update={"torch_device": d}), generations=generations))
-              for d in devices]
+    renderers = slot_renderers(settings, slot_devices(settings.torch_device, slots, gpu_count()),
+                               RedisGenerationStore(settings))
+    log.info("batches: %s", renderers[0].batch_summary())
+    render = [renderer_render(r) for r in renderers]
     raise typer.Exit(run_worker(settings, render, concurrency=slots, node_id=node_id, hooks=hooks))
 
 
@@ -170,7 +167,7 @@ def submit(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Enqueue a job and print its id."""
-    settings = _settings()
+    settings = load_settings()
     # paths are resolved here: the node that renders runs elsewhere (another cwd, maybe a shared mount)
     if avatar and Path(avatar).exists():
         avatar = str(Path(avatar).resolve())
@@ -191,11 +188,11 @@ def submit(
     while True:
         record = _guard(lambda: queue.record(submitted.video_id), as_json)
         if record is None:
-            _fail(EXIT_FAILED, "job_not_found", f"job {submitted.video_id} disappeared (cleaned up?)", as_json)
+            fail(EXIT_FAILED, "job_not_found", f"job {submitted.video_id} disappeared (cleaned up?)", as_json)
         if record.terminal:
             break
         if deadline is not None and time.monotonic() > deadline:
-            _fail(EXIT_FAILED, "wait_timeout", f"job {submitted.video_id} is still {record.state.value} after "
+            fail(EXIT_FAILED, "wait_timeout", f"job {submitted.video_id} is still {record.state.value} after "
                   f"{timeout:g}s", as_json, video_id=submitted.video_id)
         time.sleep(WAIT_POLL_S)
     if as_json:
@@ -214,10 +211,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """A job's state, progress (frames, fps, ETA), attempts and result."""
-    settings = _settings()
+    settings = load_settings()
     record = _guard(lambda: _queue(settings).record(video_id), as_json)
     if record is None:
-        _fail(EXIT_INVALID, "job_not_found", f"no job {video_id!r} in this queue", as_json)
+        fail(EXIT_INVALID, "job_not_found", f"no job {video_id!r} in this queue", as_json)
     if as_json:
         print(json.dumps(record.as_dict(), ensure_ascii=False))
     else:
@@ -255,7 +252,7 @@ def format_record(r: JobRecord, max_attempts: int) -> str:
 @dlq_app.command("list")
 def dlq_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
     """Failed and dead jobs, oldest first."""
-    settings = _settings()
+    settings = load_settings()
     queue = _guard(lambda: _queue(settings), as_json)
     rows = []
     for vid, dead_ms in _guard(lambda: queue.index("dlq"), as_json):
@@ -286,8 +283,8 @@ def dlq_retry(video_id: Optional[str] = typer.Argument(None),
               all_: bool = typer.Option(False, "--all", help="Retry every job in the DLQ.")) -> None:
     """Put a job (or all) back on the queue with its attempt count reset."""
     if bool(video_id) == all_:
-        _fail(EXIT_INVALID, "invalid_arguments", "give a video_id or --all")
-    settings = _settings()
+        fail(EXIT_INVALID, "invalid_arguments", "give a video_id or --all")
+    settings = load_settings()
     queue = _guard(lambda: _queue(settings))
     ids = [video_id] if video_id else [vid for vid, _ in _guard(lambda: queue.index("dlq"))]
     retried = 0
@@ -298,10 +295,10 @@ def dlq_retry(video_id: Optional[str] = typer.Argument(None),
             typer.echo(f"requeued {vid}")
         except InvalidInput as e:
             if not all_:
-                _fail(EXIT_INVALID, e.code, e.message)
+                fail(EXIT_INVALID, e.code, e.message)
             typer.echo(f"skipped {vid}: {e.code}: {e.message}", err=True)
         except LipsyncError as e:
-            _fail(EXIT_FAILED, e.code, e.message)
+            fail(EXIT_FAILED, e.code, e.message)
     if all_:
         typer.echo(f"{retried} job(s) requeued")
 
@@ -313,8 +310,8 @@ def dlq_purge(older_than: str = typer.Option("0s", "--older-than", help="Only jo
     try:
         age_s = parse_duration(older_than)
     except ValueError as e:
-        _fail(EXIT_INVALID, "invalid_duration", str(e))
-    settings = _settings()
+        fail(EXIT_INVALID, "invalid_duration", str(e))
+    settings = load_settings()
     queue = _guard(lambda: _queue(settings))
     cutoff_ms = _guard(queue.server_time_ms) - int(age_s * 1000)
     purged = 0
@@ -340,7 +337,7 @@ def parse_duration(text: str) -> float:
 def cleanup(dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would go."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """What the scheduled cleanup does, now: old temp files, orphaned outputs, old records, the stream."""
-    settings = _settings()
+    settings = load_settings()
     from node.cleanup import run_cleanup
 
     report = _guard(lambda: run_cleanup(_queue(settings), settings, dry_run=dry_run), as_json)

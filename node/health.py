@@ -10,7 +10,7 @@ from node.engines import build_local_engines
 from node.job import Job, Strategy
 from node.media import ffmpeg_binary, ffprobe_binary
 from providers.espeak import EspeakTTS
-from providers.registry import build_providers
+from node.provider_set import build_providers
 
 #: Remote providers' terms, shown beside the local engines' weight licences.
 REMOTE_LICENCES = {
@@ -34,7 +34,11 @@ def node_health(settings: Settings) -> dict:
     components.append(_row("tts", tts.name, tts.unavailable_reason(), "GPL-3.0 (espeak-ng)"))
     engines = build_local_engines(settings)
     for name, engine in engines.items():
-        components.append(_row("engine", name, engine.unavailable_reason(), engine.licence))
+        row = _row("engine", name, engine.unavailable_reason(), engine.licence)
+        note = getattr(engine, "readiness_note", None)
+        if row["ready"] and note and note():  # e.g. musetalk: "DWPose absent: S3FD boxes"
+            row["note"] = note()
+        components.append(row)
     # Remote steps as the chain would see them, in chain order.
     probe_job = Job(video_id="health", text="health", strategy=Strategy.auto)
     for step in plan_steps(probe_job, settings, {}, providers.remote):

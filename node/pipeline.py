@@ -29,8 +29,8 @@ from node.job import Job
 from node.logs import debug_enabled, job_context
 from node.media import decode_audio, iter_video_frames, probe, use_binaries
 from node.personas import Persona, load_persona
-from providers.base import GenerationStore, ProviderError, TextToSpeech
-from providers.registry import build_providers
+from node.provider_set import Providers, build_providers
+from providers.base import TextToSpeech
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,24 @@ class RenderResult:
 class Renderer:
     def __init__(self, settings: Settings, *, engines: dict[str, LipSyncEngine] | None = None,
                  tts: list[TextToSpeech] | None = None, encoder: EncoderChoice | None = None,
-                 remote: dict | None = None, generations: GenerationStore | None = None):
+                 remote: dict | None = None, providers: Providers | None = None):
         self.settings = settings
         use_binaries(settings.ffmpeg_binary, settings.ffprobe_binary)
         self.engines = engines if engines is not None else build_local_engines(settings)
-        # Built once per Renderer, so circuit breakers and concurrency slots span jobs.
-        # `generations`: where job -> provider generation ids live (the queue passes its Redis
-        # record; default a file per job under PROVIDER_GENERATIONS_DIR).
-        providers = build_providers(settings, store=generations)
+        # `providers`: the process's one set (its circuit breakers and concurrency slots span
+        # jobs and GPUs); a worker passes it with generation ids on the Redis job record. A
+        # Renderer alone builds its own, with ids in a file per job (PROVIDER_GENERATIONS_DIR).
+        providers = providers or build_providers(settings)
         self.tts = tts if tts is not None else providers.tts  # [ElevenLabs via the audio cache,] espeak
         self.remote = remote if remote is not None else providers.remote
         self._encoder = encoder
+
+    def batch_summary(self) -> str:
+        """The one batch rule as it applies here, for the worker's start-up log."""
+        engines = ", ".join(f"{name} {size} frames ({source})" for name in self.engines
+                            for size, source in [self.settings.batch_size_for(name)])
+        return (f"{engines}; other strategies {self.settings.lipsync_batch_size} frames (LIPSYNC_BATCH_SIZE); "
+                "progress and the drain are checked after every batch")
 
     @property
     def encoder(self) -> EncoderChoice:
@@ -122,7 +129,7 @@ class Renderer:
                 attempts.append(Attempt(step.stage, step.name, "interrupted", e.code, e.message,
                                         round(time.perf_counter() - t0, 3)))
                 raise
-            except (LipsyncError, ProviderError) as e:
+            except LipsyncError as e:
                 self._record_failure(attempts, step, e.code, e.message, t0)
                 continue
             except Exception as e:  # an engine bug must not take the chain down with it
@@ -160,16 +167,7 @@ class Renderer:
         if not path.is_file():
             raise InvalidInput("avatar_not_found", f"avatar file {path} does not exist")
         base = self._open_avatar(str(path))  # validates and decodes into the frame cache
-        folder = Path(self.settings.avatars_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(f"{name}.*"):
-            old.unlink()  # a re-prepared name replaces the old file, whatever its format
-        installed = folder / f"{name}{path.suffix.lower()}"
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, installed)
-        if path.with_suffix(".json").is_file():
-            shutil.copyfile(path.with_suffix(".json"), folder / f"{name}.json")
+        installed = _install_avatar_file(path, Path(self.settings.avatars_dir), name)
         engines = {}
         for engine in self.engines.values():
             reason = engine.unavailable_reason()
@@ -219,7 +217,7 @@ class Renderer:
             try:
                 spoken = tts.synthesize(text, persona, workdir)
                 speech = self._load_speech(spoken.path, spoken.provider)
-            except (ProviderError, LipsyncError) as e:
+            except LipsyncError as e:
                 log.warning("tts %s: failed: %s", tts.name, e)
                 attempts.append(Attempt("tts", tts.name, "failed", e.code, e.message,
                                         round(time.perf_counter() - t0, 3)))
@@ -289,6 +287,27 @@ class Renderer:
         log.warning("%s: failed: %s: %s", step.name, code, message)
         attempts.append(Attempt(step.stage, step.name, "failed", code, message,
                                 round(time.perf_counter() - t0, 3)))
+
+
+def _install_avatar_file(source: Path, folder: Path, name: str) -> Path:
+    """Copy `source` (and its `.json` sidecar) in as `folder/name.<ext>`; other files of that name
+    are removed. Re-preparing the installed file itself is a no-op, never a deletion of it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    installed = folder / f"{name}{source.suffix.lower()}"
+    sidecar, installed_sidecar = source.with_suffix(".json"), folder / f"{name}.json"
+    keep = {installed.resolve(), installed_sidecar.resolve()}
+    for src, dest in ((source, installed), (sidecar, installed_sidecar)):
+        if not src.is_file() or (dest.exists() and dest.resolve() == src.resolve()):
+            continue
+        tmp = folder / f".{dest.name}.{os.getpid()}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)  # copied first: `source` may be one of the files removed below
+    if not sidecar.is_file():
+        keep.discard(installed_sidecar.resolve())
+    for old in folder.glob(f"{name}.*"):
+        if old.resolve() not in keep:
+            old.unlink()  # a re-prepared name replaces the old file, whatever its format
+    return installed
 
 
 def _check_writable(output: Path) -> None:

@@ -12,9 +12,16 @@ Layout inside WEIGHTS_DIR (MuseTalk's own `models/` layout; Wav2Lip's official f
     sd-vae/{config.json, diffusion_pytorch_model.safetensors}
     whisper/{config.json, preprocessor_config.json, model.safetensors}
     face-parse-bisent/{79999_iter.pth, resnet18-5c106cde.pth}
+    dwpose/dw-ll_ucoco_384.onnx
 
-DWPose (yzd-v/DWPose) is left out on purpose: MuseTalk's preprocessing runs it (via mmpose)
-for landmarks that place the crop, but our engine takes the face box from S3FD.
+MuseTalk's optional files: DWPose (yzd-v/DWPose's ONNX export) places the face crop from
+landmarks as the official preprocessing does; without it the engine uses S3FD boxes (lower
+quality with the real weights; `health` says so). scripts/download_weights.py fetches it by
+default (RECOMMENDED) but a failure does not fail the run. `resnet18-5c106cde.pth` is optional:
+`79999_iter.pth` already holds every backbone weight (PIPELINES.md §4.6 rule 12).
+
+ALTERNATIVES names files accepted in place of a manifest row: the official MuseTalk download
+script fetches the pickled `.bin` containers of sd-vae and whisper, which the loaders read too.
 """
 
 from __future__ import annotations
@@ -26,17 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ALTERNATIVES",
     "CHUNK_BYTES",
+    "DWPOSE",
     "ENGINES",
     "LICENCES",
     "MANIFEST",
     "ONE_OF",
+    "RECOMMENDED",
     "SHARED",
     "WeightFile",
     "WeightMismatch",
     "files_for",
     "missing_weights",
     "missing_weights_reason",
+    "present_path",
     "sha256_file",
     "verify_file",
     "wav2lip_checkpoint",
@@ -58,6 +69,18 @@ LICENCES = {
 ONE_OF: dict[str, tuple[str, ...]] = {
     "wav2lip": ("wav2lip_gan.pth", "wav2lip.pth"),  # GAN: sharper mouths, same architecture
 }
+
+#: Manifest local path -> other local paths the loaders accept in its place (not downloaded,
+#: not hash-checked: the official download script's pickled containers, WEIGHTS.md §2).
+ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "sd-vae/diffusion_pytorch_model.safetensors": ("sd-vae/diffusion_pytorch_model.bin",),
+    "whisper/model.safetensors": ("whisper/pytorch_model.bin",),
+}
+
+#: The DWPose ONNX export, relative to WEIGHTS_DIR (optional for musetalk).
+DWPOSE = "dwpose/dw-ll_ucoco_384.onnx"
+#: Optional files download_weights.py fetches without --optional (a failure still does not count).
+RECOMMENDED = frozenset({DWPOSE})
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -162,10 +185,16 @@ MANIFEST: tuple[WeightFile, ...] = (
                "face-parse-bisent/79999_iter.pth",
                53_289_463, "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567",  # [M]
                "unstated upstream [unverified]; trained on CelebAMask-HQ (non-commercial terms)"),
+    # Never loaded: 79999_iter.pth holds the backbone too. Kept for the official layout.
     WeightFile("musetalk", "ManyOtherFunctions/face-parse-bisent", _BISENET_REV, "resnet18-5c106cde.pth",
                "face-parse-bisent/resnet18-5c106cde.pth",
                46_827_520, "5c106cde386e87d4033832f2996f5493238eda96ccf559d1d62760c4de0613f8",  # [M]
-               "torchvision BSD-3-Clause [unverified for the weights]"),
+               "torchvision BSD-3-Clause [unverified for the weights]", required=False),
+    # DWPose whole-body landmarks (RTMPose-l, ONNX export): the official crop placement.
+    WeightFile("musetalk", "yzd-v/DWPose", "f7c16a3d45ad3783db41471848c80fbc281cabac",
+               "dw-ll_ucoco_384.onnx", DWPOSE,
+               134_399_116, "724f4ff2439ed61afb86fb8a1951ec39c6220682803b4a8bd4f598cd913b1843",  # [V]
+               "Apache-2.0", required=False),  # optional: without it the engine uses S3FD boxes
 )
 
 
@@ -184,10 +213,12 @@ def missing_weights(engine: str, weights_dir: str | os.PathLike[str]) -> list[st
     """Local paths `engine` needs that are not files under `weights_dir`.
 
     Existence only (sha256 of 5 GB is `verify_file`'s job). A one-of group that has no member
-    on disk is reported once, as "wav2lip_gan.pth or wav2lip.pth".
+    on disk is reported once, as "wav2lip_gan.pth or wav2lip.pth". A file of ALTERNATIVES
+    counts for the manifest row it stands in for.
     """
     root = Path(weights_dir)
-    missing = [wf.local_path for wf in files_for(engine) if wf.required and not (root / wf.local_path).is_file()]
+    missing = [wf.local_path for wf in files_for(engine)
+               if wf.required and present_path(root, wf.local_path) is None]
     group = ONE_OF.get(engine, ())
     if group and not any((root / p).is_file() for p in group):
         missing.append(" or ".join(group))
@@ -202,6 +233,16 @@ def missing_weights_reason(engine: str, weights_dir: str | os.PathLike[str]) -> 
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     return (f"weights not found in WEIGHTS_DIR ({weights_dir}): missing {shown}; "
             f"run scripts/download_weights.py --engine {engine}")
+
+
+def present_path(weights_dir: str | os.PathLike[str], local_path: str) -> Path | None:
+    """The file on disk for manifest path `local_path`: itself, else its first ALTERNATIVES entry
+    present; None when neither is a file."""
+    for rel in (local_path, *ALTERNATIVES.get(local_path, ())):
+        path = Path(weights_dir) / rel
+        if path.is_file():
+            return path
+    return None
 
 
 def wav2lip_checkpoint(weights_dir: str | os.PathLike[str]) -> Path:

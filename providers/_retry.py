@@ -194,40 +194,42 @@ def _delay(failure: Failure, n: int, policy: RetryPolicy) -> float:
 
 # --- polling a generation ----------------------------------------------------------------------
 
-class JobState(str, Enum):
+class GenerationState(str, Enum):
+    """A remote generation's state, normalised from the provider's own status string."""
+
     running = "running"  # also every status string we do not know
     succeeded = "succeeded"
     failed = "failed"
 
 
 @dataclass(frozen=True)
-class JobStatus:
+class GenerationStatus:
     """A provider's generation status, normalised."""
 
-    state: JobState
+    state: GenerationState
     raw: str  # the provider's own status string
     output_url: str | None = None
     error_code: str | None = None
     error: str | None = None
 
 
-def job_state(raw: str | None, *, succeeded: set[str], failed: set[str]) -> JobState:
+def generation_state(raw: str | None, *, succeeded: set[str], failed: set[str]) -> GenerationState:
     """Unknown or missing statuses are non-terminal: providers add states ("waiting", "queued")."""
     value = (raw or "").lower()
     if value in succeeded:
-        return JobState.succeeded
+        return GenerationState.succeeded
     if value in failed:
-        return JobState.failed
-    return JobState.running
+        return GenerationState.failed
+    return GenerationState.running
 
 
 #: seconds; a poll wait is slept in steps this long, so a drain is noticed promptly.
 STOP_CHECK_S = 1.0
 
 
-def poll_job(fetch: Callable[[], JobStatus], *, provider: str, generation_id: str, deadline: Deadline,
+def poll_job(fetch: Callable[[], GenerationStatus], *, provider: str, generation_id: str, deadline: Deadline,
              base_s: float, cap_s: float, sleep: Callable[[float], None] = time.sleep,
-             should_stop: Callable[[], bool] | None = None) -> JobStatus:
+             should_stop: Callable[[], bool] | None = None) -> GenerationStatus:
     """`fetch()` with backoff (base_s doubling to cap_s, jittered) until a terminal state.
 
     A retryable fetch error is one more poll later, not the end: only a permanent error or the
@@ -243,7 +245,7 @@ def poll_job(fetch: Callable[[], JobStatus], *, provider: str, generation_id: st
                 raise
             last = f"last poll failed: {e.code}"
         else:
-            if status.state is not JobState.running:
+            if status.state is not GenerationState.running:
                 return status
             last = f"still {status.raw or 'without a status'}"
         left = deadline.remaining()

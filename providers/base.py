@@ -21,19 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
+from node.errors import ProviderError  # the node's error tree; re-exported for provider modules
 from node.personas import Persona
 
-
-class ProviderError(Exception):
-    """A provider call failed; `code` is stable, the message never contains a secret.
-
-    `retryable`: a later attempt of the job may succeed. `provider_fault`: the provider (not the
-    job's input) failed, so the failure counts towards opening its circuit breaker."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = True, provider_fault: bool = True):
-        super().__init__(f"{code}: {message}")
-        self.code, self.message = code, message
-        self.retryable, self.provider_fault = retryable, provider_fault
+__all__ = ["OUTCOME_UNKNOWN", "FileGenerationStore", "FullVideoAPI", "GenerationStore", "LipSyncAPI",
+           "MemoryGenerationStore", "ProviderError", "RemoteVideo", "SpeechFile", "TextToSpeech",
+           "idempotency_key"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from providers import media
-from providers._retry import CallLog, CreateOutcomeUnknown, Deadline, JobState, JobStatus, poll_job
+from providers._retry import CallLog, CreateOutcomeUnknown, Deadline, GenerationState, GenerationStatus, poll_job
 from providers.base import OUTCOME_UNKNOWN, GenerationStore, ProviderError, RemoteVideo
 from providers.http import ProviderHttp
 
@@ -34,7 +34,7 @@ class GenerationFlow:
 
     def run(self, *, video_id: str, out_path: Path,
             create: Callable[[Deadline, CallLog], str],
-            fetch: Callable[[str, Deadline, CallLog], JobStatus],
+            fetch: Callable[[str, Deadline, CallLog], GenerationStatus],
             should_stop: Callable[[], bool] | None = None) -> RemoteVideo:
         """`should_stop` (a drain): polling ends with Cancelled; the stored id lets the requeued
         job resume this generation."""
@@ -63,7 +63,7 @@ class GenerationFlow:
             status = poll_job(lambda: fetch(generation_id, deadline, calls), provider=name,
                               generation_id=generation_id, deadline=deadline, base_s=http.limits.poll_base_s,
                               cap_s=http.limits.poll_cap_s, sleep=http.sleep, should_stop=should_stop)
-            if status.state is JobState.failed:
+            if status.state is GenerationState.failed:
                 # Failed generations are kept: a retried job resumes this one and fails fast
                 # instead of paying for another (one generation per job and provider).
                 raise ProviderError(status.error_code or "generation_failed",

@@ -22,7 +22,7 @@ import httpx
 
 from node.personas import Persona
 from providers import media
-from providers._retry import CallLog, Deadline, JobStatus, job_state
+from providers._retry import CallLog, Deadline, GenerationStatus, generation_state
 from providers.base import GenerationStore, MemoryGenerationStore, ProviderError, RemoteVideo, idempotency_key
 from providers.generation import GenerationFlow
 from providers.http import ApiKey, HeaderAuth, ProviderHttp, ProviderLimits
@@ -89,12 +89,12 @@ class HeyGenVideo:
                 raise ProviderError("provider_bad_output", "create answered without a video_id")
             return str(generation_id)
 
-        def fetch(generation_id: str, deadline: Deadline, calls: CallLog) -> JobStatus:
+        def fetch(generation_id: str, deadline: Deadline, calls: CallLog) -> GenerationStatus:
             _, body = self.http.request("GET", f"/v3/videos/{generation_id}", what="video status",
                                         deadline=deadline, calls=calls)
             data = body.get("data") if isinstance(body.get("data"), dict) else {}
             raw = str(data.get("status") or "")
-            return JobStatus(job_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, data.get("video_url"),
+            return GenerationStatus(generation_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, data.get("video_url"),
                              data.get("failure_code"), data.get("failure_message"))
 
         return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch,

@@ -23,7 +23,7 @@ import httpx
 
 from node.personas import Persona
 from providers import media
-from providers._retry import CallLog, Deadline, JobStatus, job_state
+from providers._retry import CallLog, Deadline, GenerationStatus, generation_state
 from providers.base import GenerationStore, MemoryGenerationStore, ProviderError, RemoteVideo
 from providers.generation import GenerationFlow
 from providers.http import ApiKey, HeaderAuth, ProviderHttp, ProviderLimits
@@ -35,8 +35,17 @@ DURATION_BUCKETS_S = (5, 10, 15)
 SUCCEEDED, FAILED = {"completed"}, {"failed", "nsfw", "canceled", "cancelled"}
 
 
+#: Statuses whose meaning Higgsfield documents without a code in the body (PROVIDERS.md).
+STATUS_CODES = {403: "insufficient_credits", 423: "model_blocked"}
+
+
 def parse_error(response: httpx.Response | None, body: Any) -> tuple[str | None, str]:
-    """FastAPI style: {"detail": "model_not_found"} or {"detail": [{"loc", "msg", ...}]}."""
+    """FastAPI style: {"detail": "model_not_found"} or {"detail": [{"loc", "msg", ...}]}; a 403
+    is "not enough credits" and a 423 a model the account may not use, whatever the body says."""
+    status = response.status_code if response is not None else None
+    if status in STATUS_CODES:
+        detail = body.get("detail") if isinstance(body, dict) else None
+        return STATUS_CODES[status], detail if isinstance(detail, str) else STATUS_CODES[status].replace("_", " ")
     if isinstance(body, dict):
         detail = body.get("detail") or body.get("details") or body.get("message") or body.get("error")
         if isinstance(detail, list):
@@ -99,13 +108,13 @@ class HiggsfieldSpeak:
                 self._status_urls[request_id] = sent["status_url"]
             return str(request_id)
 
-        def fetch(request_id: str, deadline: Deadline, calls: CallLog) -> JobStatus:
+        def fetch(request_id: str, deadline: Deadline, calls: CallLog) -> GenerationStatus:
             url = self._status_urls.get(request_id, f"/requests/{request_id}/status")
             _, body = self.http.request("GET", url, what="request status", deadline=deadline, calls=calls)
             raw = str(body.get("status") or "")
             video = body.get("video") if isinstance(body.get("video"), dict) else {}
             error = body.get("error")
-            return JobStatus(job_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, video.get("url"),
+            return GenerationStatus(generation_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, video.get("url"),
                              "nsfw" if raw == "nsfw" else None,
                              error if isinstance(error, str) else (str(error) if error else None))
 

@@ -28,7 +28,7 @@ import httpx
 from providers import metrics
 from providers._retry import (AttemptFailed, CallLog, Deadline, Failure, FailureKind, RetryPolicy,
                               call_with_retry, classify_status, classify_transport_error)
-from providers.base import ProviderError
+from node.errors import Cancelled, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,15 @@ class ProviderHttp:
         except ProviderError as e:
             if e.provider_fault:
                 self.circuit.record_failure()
+            else:
+                self.circuit.cancel_trial()
             metrics.PROVIDER_CALLS.labels(self.name, "failed").inc()
+            raise
+        except Cancelled:
+            # our own stop (a drain, a lost lease) between polls says nothing about the provider:
+            # neither a failure nor a success, and a half-open trial goes to the next call
+            self.circuit.cancel_trial()
+            metrics.PROVIDER_CALLS.labels(self.name, "cancelled").inc()
             raise
         except Exception:
             self.circuit.record_failure()

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import httpx
 
 from providers import media
-from providers._retry import CallLog, Deadline, JobStatus, job_state
+from providers._retry import CallLog, Deadline, GenerationStatus, generation_state
 from providers.base import GenerationStore, MemoryGenerationStore, ProviderError, RemoteVideo, idempotency_key
 from providers.generation import GenerationFlow
 from providers.http import ApiKey, HeaderAuth, ProviderHttp, ProviderLimits
@@ -82,11 +82,11 @@ class SyncLabsLipSync:
                 raise ProviderError("provider_bad_output", "create answered without a generation id")
             return str(body["id"])
 
-        def fetch(generation_id: str, deadline: Deadline, calls: CallLog) -> JobStatus:
+        def fetch(generation_id: str, deadline: Deadline, calls: CallLog) -> GenerationStatus:
             _, body = self.http.request("GET", f"/v2/generate/{generation_id}", what="generation status",
                                         deadline=deadline, calls=calls)
             raw = str(body.get("status") or "")
-            return JobStatus(job_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, body.get("outputUrl"),
+            return GenerationStatus(generation_state(raw, succeeded=SUCCEEDED, failed=FAILED), raw, body.get("outputUrl"),
                              body.get("error_code") or body.get("errorCode"), body.get("error"))
 
         return self.flow.run(video_id=video_id, out_path=out_path, create=create, fetch=fetch,

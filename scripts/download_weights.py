@@ -16,6 +16,11 @@ verification is reported and left alone (it may be a deliberate local substitute
 
 Wav2Lip needs one generator: the one already on disk, else wav2lip_gan.pth. --optional also
 fetches the other generator and lipsync_expert.pth (SyncNet, sync scoring only).
+MuseTalk's DWPose export (dwpose/dw-ll_ucoco_384.onnx) is optional but fetched by default
+(weights.RECOMMENDED): without it the engine places faces with S3FD boxes. Its failure is
+printed and does not change the exit status. A `.bin` container already in place where the
+manifest names a `.safetensors` (weights.ALTERNATIVES, the official MuseTalk layout) is used as
+it is, without a download (there is no pinned hash to verify it against).
 
 Exit status: 0 when every required file is in place and verified, 1 otherwise (failures of
 optional files are printed but do not count), 2 on bad arguments.
@@ -89,7 +94,7 @@ def plan(engines: list[str], weights_dir: Path, include_optional: bool) -> list[
         pick = next((p for p in group if (weights_dir / p).is_file()), group[0] if group else None)
         for wf in weights.files_for(engine):
             counts = wf.required or wf.local_path == pick
-            if counts or include_optional:
+            if counts or include_optional or wf.local_path in weights.RECOMMENDED:
                 chosen[wf.local_path] = chosen.get(wf.local_path, False) or counts
     return [(wf, chosen[wf.local_path]) for wf in weights.MANIFEST if wf.local_path in chosen]
 
@@ -135,6 +140,11 @@ def ensure(
     """Make `wf` present and verified at WEIGHTS_DIR/local_path, downloading only if needed."""
     dest = weights_dir / wf.local_path
     replacing = ""
+    if not dest.is_file():
+        alternative = weights.present_path(weights_dir, wf.local_path)
+        if alternative is not None:  # e.g. the official download script's pickled .bin
+            rel = alternative.relative_to(weights_dir).as_posix()
+            return Outcome(wf, PRESENT, f"using {rel} in its place (not verified: no pinned hash)", counts)
     if dest.is_file():
         try:
             weights.verify_file(dest, wf)
@@ -175,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None,
                    help="Hub base URL (default: huggingface_hub's, i.e. $HF_ENDPOINT or https://huggingface.co)")
     p.add_argument("--optional", action="store_true",
-                   help="also fetch optional files (the second Wav2Lip generator, lipsync_expert.pth)")
+                   help="also fetch optional files (the second Wav2Lip generator, lipsync_expert.pth, "
+                        "resnet18-5c106cde.pth)")
     p.add_argument("--verify-only", action="store_true", help="check files in place; download nothing")
     p.add_argument("--force", action="store_true", help="replace files in place that fail verification")
     return p

@@ -1,37 +1,30 @@
 """Random-weight checkpoints in the official containers, built from the reference manifests.
 
-The manifests (shared/reference/checkpoints/*.json, beside the repo checkout) list every
-state-dict key, shape and dtype of the official files. Nothing here downloads weights: tensors are
+The manifests (tests/reference/checkpoints/*.json, copied into the repo with their provenance in
+tests/reference/PROVENANCE.md) list every state-dict key, shape and dtype of the official files. Nothing here downloads weights: tensors are
 random, written to temporary folders, and never committed. Used by tests and by bench/.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 MANIFEST_DIR = REFERENCE_DIR / "checkpoints"
-
-
-def _require_reference() -> None:
-    if MANIFEST_DIR.is_dir():
-        return
-    message = f"reference manifests not found at {MANIFEST_DIR}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+CONFIG_DIR = REFERENCE_DIR / "configs"
 
 
 def load_manifest(name: str) -> dict:
     """The manifest JSON for one model, e.g. "wav2lip_generator"."""
-    _require_reference()
     return json.loads((MANIFEST_DIR / f"{name}.json").read_text())
+
+
+def load_config(name: str) -> dict:
+    """A reference config, e.g. "musetalkV15_musetalk" or "sd-vae-ft-mse_config"."""
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
 
 
 def manifest_shapes(name: str) -> dict[str, tuple[int, ...]]:

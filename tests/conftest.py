@@ -1,7 +1,13 @@
 """Shared fixtures: real ffmpeg/ffprobe, real media files made by ffmpeg, isolated settings.
 
-Tests that need a system tool skip locally when it is absent and fail under CI=true, where the
-Makefile's setup must have installed it.
+One rule for what may be missing (`CI`, read here and nowhere else): a test that needs a system
+tool, server or data file skips locally when it is absent and fails under CI=true (`.ci/run` sets
+it), where the Makefile's setup must have installed it. Only hardware this machine may lack skips
+everywhere, by marker: `requires_cuda` (a CUDA GPU) and `requires_nvenc` (an NVENC encoder).
+
+Every test starts from a clean environment: the node's settings variables (provider keys
+included) of the developer's shell are removed, so a test meant to run offline never calls a
+real provider, and a developer's `.env` or exports never change an outcome.
 """
 
 from __future__ import annotations
@@ -23,13 +29,71 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def missing(message: str) -> None:
+    """A tool, server or data file is absent: skip locally, fail under CI."""
+    if CI:
+        pytest.fail(f"{message} (required under CI; make test installs it)")
+    pytest.skip(message)
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # a broken driver is no GPU for these tests
+        return False
+
+
+def has_nvenc() -> bool:
+    from node.encoder import probe_nvenc
+
+    return shutil.which("ffmpeg") is not None and probe_nvenc()
+
+
+#: marker -> (probe, what it needs); a marked test skips where the probe says no, CI included.
+HARDWARE_MARKERS = {
+    "requires_cuda": (has_cuda, "a CUDA GPU"),
+    "requires_nvenc": (has_nvenc, "an NVENC encoder (NVIDIA GPU with NVENC and an ffmpeg built with it)"),
+}
+
+
+def pytest_runtest_setup(item):
+    for name, (probe, needs) in HARDWARE_MARKERS.items():
+        if item.get_closest_marker(name) and not _probe_once(name, probe):
+            pytest.skip(f"needs {needs}; this machine has none")
+
+
+_PROBED: dict[str, bool] = {}
+
+
+def _probe_once(name: str, probe) -> bool:
+    if name not in _PROBED:
+        _PROBED[name] = bool(probe())
+    return _PROBED[name]
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable the node's settings read (PAPA_NOEL_VOICE_ID and the keys too)."""
+    names = {name.upper() for name in Settings.model_fields}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        names.update(a.upper() for a in getattr(alias, "choices", [alias]) if isinstance(a, str))
+    return names
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No setting of the developer's shell reaches a test (or the CLI processes it starts)."""
+    for name in settings_env_names() & set(os.environ):
+        monkeypatch.delenv(name)
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name)
-    if path:
-        return path
-    if CI:
-        pytest.fail(f"{name} is required under CI (make test installs it)")
-    pytest.skip(f"{name} not installed")
+    if not path:
+        missing(f"{name} not installed")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ runs once per avatar and detector, then every job on that avatar only reads the 
     FaceTrack.boxes     (N, 4) int32 x1, y1, x2, y2 in base-video pixels (padded, smoothed, clipped)
     FaceTrack.has_face  (N,) bool; frames without a face pass through unchanged
     FaceTrack.crops     (N, 96, 96, 3) uint8 BGR, the generator's face input per base frame
+    FaceTrack.cache_hit whether it was read from the cache (the job reports `avatar_cache`)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +49,7 @@ class FaceTrack:
     boxes: np.ndarray
     has_face: np.ndarray
     crops: np.ndarray
+    cache_hit: bool = field(default=False, compare=False)
 
     @property
     def faceless_frames(self) -> int:
@@ -68,7 +70,7 @@ def load_or_prepare(base: BaseVideo, detector: Callable[[], FaceDetector], detec
     if path.is_file():
         try:
             with np.load(path) as data:
-                return FaceTrack(data["boxes"], data["has_face"], data["crops"])
+                return FaceTrack(data["boxes"], data["has_face"], data["crops"], cache_hit=True)
         except (OSError, ValueError, KeyError) as e:  # a torn or foreign file: rebuild it
             log.warning("face track cache %s unreadable (%s); rebuilding", path.name, e)
     track = prepare_face_track(base, detector())
@@ -83,19 +85,10 @@ def load_or_prepare(base: BaseVideo, detector: Callable[[], FaceDetector], detec
 
 def prepare_face_track(base: BaseVideo, detect: FaceDetector) -> FaceTrack:
     n, w, h = len(base), base.width, base.height
-    scale = min(1.0, DETECT_MAX_SIDE / max(w, h))
     raw = np.zeros((n, 4), np.float64)
     found = np.zeros(n, bool)
     for start in range(0, n, DETECT_BATCH):
-        frames = base.take(range(start, min(n, start + DETECT_BATCH)))
-        small = frames if scale == 1.0 else np.stack(
-            [cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) for f in frames])
-        boxes = detect(small)
-        for k, box in enumerate(boxes):
-            if box is not None and scale < 1.0 and min(box[2] - box[0], box[3] - box[1]) < MIN_FACE_PX_AFTER_SCALING:
-                box = detect(frames[k:k + 1])[0]  # too small once scaled: look at full resolution
-            elif box is not None and scale < 1.0:
-                box = [v / scale for v in box]
+        for k, box in enumerate(detect_scaled(base.take(range(start, min(n, start + DETECT_BATCH))), detect)):
             if box is not None:
                 raw[start + k], found[start + k] = box, True
     boxes = _pad_and_clip(_smooth(raw, found), w, h)
@@ -113,6 +106,27 @@ def prepare_face_track(base: BaseVideo, detect: FaceDetector) -> FaceTrack:
     if not valid.any():
         log.warning("no face found in any frame of avatar %s: its frames will pass through", base.source.name)
     return FaceTrack(boxes.astype(np.int32), valid, crops)
+
+
+def detect_scaled(frames: np.ndarray, detect: FaceDetector) -> list:
+    """One box (x1, y1, x2, y2) in full-frame pixels, or None, per frame (N, H, W, 3) BGR.
+
+    Detection runs on frames scaled to DETECT_MAX_SIDE (S3FD costs grow with the pixel count), and
+    again at full size for a frame whose face is too small once scaled."""
+    h, w = frames.shape[1:3]
+    scale = min(1.0, DETECT_MAX_SIDE / max(w, h))
+    if scale == 1.0:
+        return list(detect(frames))
+    small = np.stack([cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+                      for f in frames])
+    out = []
+    for k, box in enumerate(detect(small)):
+        if box is not None and min(box[2] - box[0], box[3] - box[1]) < MIN_FACE_PX_AFTER_SCALING:
+            box = detect(frames[k:k + 1])[0]  # too small once scaled: look at full resolution
+        elif box is not None:
+            box = [v / scale for v in box]
+        out.append(box)
+    return out
 
 
 def _smooth(raw: np.ndarray, found: np.ndarray) -> np.ndarray:

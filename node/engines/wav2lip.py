@@ -47,7 +47,6 @@ class Wav2LipEngine:
                  detector_id: str | None = None):
         self.weights_dir = Path(settings.weights_dir)
         self.cache_dir = Path(settings.avatar_cache_dir)
-        self.batch_size = settings.wav2lip_batch_size
         self._device_setting = settings.torch_device
         self._detector, self._detector_id = detector, detector_id
         self._model = None
@@ -117,7 +116,6 @@ class Wav2LipEngine:
         weights = mouth_weights(frame_energy(speech.samples_16k, Speech.SAMPLE_RATE, fps, frame_count), fps)
         source_of_frame = base.pingpong_indices(frame_count)
         mask = lower_face_mask(CROP_SIZE)
-        batch_size = self.batch_size or batch_size
         passthrough = silent = 0
         for start in range(0, frame_count, batch_size):
             idx = source_of_frame[start:start + batch_size]
@@ -137,7 +135,8 @@ class Wav2LipEngine:
             yield frames
         if report is not None:
             report.update(passthrough_s=round(passthrough / fps, 3), source_mouth_s=round(silent / fps, 3),
-                          faceless_base_frames=track.faceless_frames)
+                          faceless_base_frames=track.faceless_frames,
+                          avatar_cache="hit" if track.cache_hit else "miss")
 
     def _generate(self, mel: np.ndarray, crops: np.ndarray) -> np.ndarray:
         """(B, 80, 16) mel windows + (B, 96, 96, 3) crops -> (B, 96, 96, 3) uint8 BGR mouths."""

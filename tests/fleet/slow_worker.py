@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 
-from node.cli import _settings
+from node.cli_common import load_settings
 from node.fleet_cli import run_worker
 from node.pipeline import Renderer
 from node.worker import renderer_render
@@ -15,7 +15,7 @@ from node.worker import renderer_render
 
 def main() -> int:
     seconds_per_batch, node_id = float(sys.argv[1]), sys.argv[2]
-    settings = _settings()
+    settings = load_settings()
     render = renderer_render(Renderer(settings))
 
     def slow_render(job, output, progress, should_stop):

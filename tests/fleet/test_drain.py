@@ -3,6 +3,7 @@ completes (or is released at a batch boundary and succeeds on another node), and
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -87,5 +88,8 @@ def test_a_forced_stop_releases_the_job_at_a_batch_boundary(drain_settings, medi
         assert [(a.node, a.outcome) for a in record.history] == [("leaver", "released"), ("taker", "succeeded")]
         assert record.attempts == 1 and record.output.endswith("cut/2.mp4")
         assert float(ffprobe_json(Path(record.output))["format"]["duration"]) == pytest.approx(6.0, abs=0.1)
+        # and the worker said once, at start, how often it checks for a drain
+        started = [ln for ln in (tmp_path / "b.log").read_text().splitlines() if "batches:" in ln]
+        assert len(started) == 1 and re.search(r"mock \d+ frames \(LIPSYNC_BATCH_SIZE\)", started[0]), started
     finally:
         kill_all(procs)

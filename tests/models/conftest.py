@@ -1,6 +1,6 @@
 """The session-wide `checkpoints` fixture over tests/checkpoints.py (random-weight official files).
 
-The manifests (shared/reference/checkpoints/*.json, beside the repo checkout) list every
+The manifests (tests/reference/checkpoints/*.json, copied into the repo) list every
 state-dict key, shape and dtype of the official files. Nothing here downloads weights: tensors are
 random, written to pytest's tmp dirs, and never committed.
 """

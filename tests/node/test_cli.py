@@ -8,17 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from tests.conftest import REPO, make_speech, make_video, require_tool
+from tests.conftest import make_speech, make_video, require_tool
 
 
 def run_cli(args: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if not k.endswith(("_API_KEY", "_KEY_ID", "_KEY_SECRET"))}
-    environ.update(WEIGHTS_DIR=str(tmp_path / "w"), OUTPUT_DIR=str(tmp_path / "out"),
-                   TEMP_DIR=str(tmp_path / "tmp"), AVATAR_CACHE_DIR=str(tmp_path / "cache"),
-                   X264_PRESET="ultrafast", VIDEO_ENCODER="libx264", **env)
+    environ = dict(os.environ)  # the suite's clean environment: no developer keys (tests/conftest.py)
+    environ.update({"WEIGHTS_DIR": str(tmp_path / "w"), "OUTPUT_DIR": str(tmp_path / "out"),
+                    "TEMP_DIR": str(tmp_path / "tmp"), "AVATAR_CACHE_DIR": str(tmp_path / "cache"),
+                    "X264_PRESET": "ultrafast", "VIDEO_ENCODER": "libx264", **env})
     return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
                           cwd=tmp_path, env=environ, timeout=300)
 
@@ -95,15 +93,22 @@ def test_bad_setting_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: invalid_setting: MAX_JOB_ATTEMPTS")
 
 
-def test_health_lists_engines_with_licences(tmp_path):
-    proc = run_cli(["health", "--json"], tmp_path)
+def test_health_lists_engines_with_licences(tmp_path, ffprobe):
+    # Given a node left to choose its encoder (VIDEO_ENCODER=auto, the default)
+    proc = run_cli(["health", "--json"], tmp_path, VIDEO_ENCODER="auto")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     engines = {c["name"]: c for c in report["components"] if c["kind"] == "engine"}
     assert "non-commercial" in engines["wav2lip"]["licence"]
     assert "MIT" in engines["musetalk"]["licence"]
-    assert report["encoder"]["codec"] == "libx264"
     assert report["engine_order"] == ["musetalk", "wav2lip", "synclabs"]
+    # Then the encoder health reports is the one a render on this node really uses, with why
+    make_speech(tmp_path / "s.wav", 0.5)
+    render = run_cli(["render", "--audio", "s.wav", "--strategy", "base_video", "-o", "o.mp4", "--json"],
+                     tmp_path, VIDEO_ENCODER="auto")
+    assert render.returncode == 0, render.stderr
+    assert json.loads(render.stdout)["encoder"] == report["encoder"]["codec"]
+    assert "probe" in report["encoder"]["reason"]
 
 
 def test_progress_bar_shows_on_a_tty(tmp_path, ffprobe):
@@ -180,3 +185,27 @@ def test_avatar_prepare_installs_a_named_avatar(tmp_path, ffprobe):
     assert bad.returncode == 2 and bad.stderr.startswith("error: invalid_avatar_name:")
     missing = run_cli(["avatar", "prepare", "nope.mp4", "--name", "x"], tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: avatar_not_found:")
+
+
+def test_re_preparing_an_installed_avatar_is_idempotent(tmp_path, ffprobe):
+    # Given an avatar already in AVATARS_DIR under its name, with a sidecar
+    avatars = tmp_path / "avatars"
+    avatars.mkdir()
+    make_video(avatars / "santa.mp4", seconds=0.4)
+    (avatars / "santa.json").write_text('{"note": "kept"}')
+    original = (avatars / "santa.mp4").read_bytes()
+    # When it is prepared again under the same name, twice
+    for _ in range(2):
+        proc = run_cli(["avatar", "prepare", str(avatars / "santa.mp4"), "--name", "santa", "--json"], tmp_path,
+                       AVATARS_DIR=str(avatars))
+        # Then it succeeds and the file and its sidecar are still there, unchanged
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["frames"] == 10
+    assert (avatars / "santa.mp4").read_bytes() == original
+    assert json.loads((avatars / "santa.json").read_text()) == {"note": "kept"}
+    assert sorted(p.name for p in avatars.iterdir()) == ["santa.json", "santa.mp4"]
+    # And a file that is not a video is refused with its code, leaving the installed avatar alone
+    (tmp_path / "notes.mp4").write_text("not a video")
+    bad = run_cli(["avatar", "prepare", "notes.mp4", "--name", "santa"], tmp_path, AVATARS_DIR=str(avatars))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: avatar_unreadable:"), bad.stderr
+    assert (avatars / "santa.mp4").read_bytes() == original

@@ -27,3 +27,26 @@ def test_real_probe_on_this_machine():
     import torch
     p = choose_placement("auto")
     assert p.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.requires_cuda
+def test_wav2lip_generator_in_fp16_on_cuda_matches_fp32_on_cpu():
+    # On a GPU, the engine's placement (fp16 autocast, channels-last) keeps the generator's output
+    import torch
+
+    from models.wav2lip import Wav2Lip
+    from tests.checkpoints import random_state_dict
+
+    placement = choose_placement("auto")
+    assert placement.device.startswith("cuda")
+    model = Wav2Lip()
+    model.load_state_dict(random_state_dict("wav2lip_generator", seed=3))
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    faces, mels = torch.rand(4, 6, 96, 96, generator=gen), torch.randn(4, 1, 80, 16, generator=gen)
+    with torch.no_grad():
+        expected = model(mels, faces)
+        gpu = model.to(placement.device).to(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=placement.fp16):
+            got = gpu(mels.to(placement.device), faces.to(placement.device).to(memory_format=torch.channels_last))
+    assert (got.float().cpu() - expected).abs().max() < 2e-2

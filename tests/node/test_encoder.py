@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,9 +37,35 @@ def test_libx264_setting_never_probes():
     assert choose_encoder("libx264", nvenc_probe=probe).codec == "libx264"
 
 
-def test_real_nvenc_probe_is_false_on_a_machine_without_nvenc(ffmpeg):
-    # This CPU machine has no NVIDIA GPU, so a real encode with h264_nvenc must fail.
-    assert probe_nvenc() is False
+def _fake_ffmpeg(path: Path, body: str) -> str:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_nvenc_probe_believes_only_a_real_encode(tmp_path):
+    # An ffmpeg whose NVENC encode exits 0 proves NVENC; a failing, hanging or missing one does not
+    ok = _fake_ffmpeg(tmp_path / "ok", 'case "$*" in *"-c:v h264_nvenc"*) exit 0;; esac; exit 9')
+    assert probe_nvenc(ok) is True
+    assert probe_nvenc(_fake_ffmpeg(tmp_path / "no", "echo 'Cannot load libcuda.so.1' >&2; exit 1")) is False
+    assert probe_nvenc(_fake_ffmpeg(tmp_path / "hang", "sleep 5"), timeout_s=0.5) is False
+    assert probe_nvenc(str(tmp_path / "absent")) is False
+
+
+@pytest.mark.requires_nvenc
+def test_real_nvenc_encodes_a_conforming_file(tmp_path, ffprobe):
+    # On a machine with NVENC the probe says so, and the node's NVENC options give High@4.0 yuv420p
+    assert probe_nvenc() is True
+    assert choose_encoder("auto").codec == "h264_nvenc"
+    speech = make_speech(tmp_path / "s.wav", 0.4)
+    frames = np.zeros((10, 128, 160, 3), np.uint8)
+    with VideoEncoder(tmp_path / "n.mp4", 160, 128, Fraction(25), speech, 0.4, codec="h264_nvenc",
+                      crf=23, preset="medium") as encoder:
+        encoder.write(frames)
+        encoder.close()
+    video = stream(ffprobe_json(tmp_path / "n.mp4"), "video")
+    assert (video["codec_name"], video["profile"], video["level"], video["pix_fmt"]) == ("h264", "High", 40,
+                                                                                        "yuv420p")
 
 
 def test_nvenc_options_keep_the_contract():

@@ -47,7 +47,7 @@ class CountingDetector:
 
 
 def engine_for(settings, weights_dir, detector=None):
-    s = settings.model_copy(update={"weights_dir": weights_dir, "wav2lip_batch_size": 8})
+    s = settings.model_copy(update={"weights_dir": weights_dir})
     return Wav2LipEngine(s, detector=detector, detector_id="fixed-box" if detector else None)
 
 
@@ -173,3 +173,23 @@ def test_prepared_avatar_renders_without_detecting_again(tmp_path, settings, wei
     result = Renderer(s, engines={"wav2lip": engine_for(s, weights_dir, later)}).render(job, tmp_path / "o.mp4")
     # Then it lip-syncs without running the detector
     assert result.status == "succeeded" and later.calls == 0
+
+
+@pytest.mark.parametrize(("own", "expected"), [(None, (5, "LIPSYNC_BATCH_SIZE")), (3, (3, "WAV2LIP_BATCH_SIZE"))])
+def test_one_batch_rule_sets_the_drain_points(tmp_path, settings, weights_dir, ffprobe, own, expected):
+    # Given LIPSYNC_BATCH_SIZE=5, with WAV2LIP_BATCH_SIZE left at its default or set
+    avatar = make_video(tmp_path / "a.mp4", seconds=0.4)
+    speech = make_speech(tmp_path / "s.wav", 0.8)
+    s = settings.model_copy(update={"weights_dir": weights_dir, "lipsync_batch_size": 5,
+                                    **({"wav2lip_batch_size": own} if own else {})})
+    assert s.batch_size_for("wav2lip") == expected
+    # When a Wav2Lip job renders, watching its progress (reported at every batch boundary)
+    renderer = Renderer(s)
+    seen: list[int] = []
+    job = parse_job({"video_id": "batches", "audio": str(speech), "avatar": str(avatar), "engine": "wav2lip"})
+    result = renderer.render(job, tmp_path / "o.mp4", progress=lambda done, total: seen.append(done))
+    # Then the batches, and so the drain checks, come every `size` frames, as the summary says
+    size, source = expected
+    assert result.status == "succeeded", result.as_dict()
+    assert seen == [min(size * (k + 1), 20) for k in range(len(seen))] and seen[-1] == 20
+    assert f"wav2lip {size} frames ({source})" in renderer.batch_summary()  # what a worker logs at start

@@ -41,16 +41,17 @@ def credits(provider: str) -> Fault:
             "higgsfield": hf_faults.error(403, "Not enough credits")}[provider]
 
 
-# name: (route, faults(provider) or a mock switch, expected: "ok" | error code | "*")
+# name: (route, faults(provider) or a mock switch, expected: "ok" | error code | {provider: error code})
 MATRIX = {
     "create 429 rate, Retry-After": ("create", lambda p: [rate(p, "1")], "ok"),
     "create 429 rate, no Retry-After": ("create", lambda p: [rate(p, None)], "ok"),
     "create 429 concurrency": ("create", lambda p: [concurrency(p), concurrency(p)], "ok"),
-    "create 500": ("create", lambda p: [Fault(500, {"message": "Internal server error"})], "*"),
+    "create 500": ("create", lambda p: [Fault(500, {"message": "Internal server error"})], "http_500"),
     "create slow (lost response)": ("create", lambda p: [Fault(delay_s=1.0, passthrough=True)], "timeout"),
     "create malformed JSON": ("create", lambda p: [Fault(200, raw=b'{"id": "gen_')], "malformed_response"),
     "create connection dropped": ("create", lambda p: [Fault(drop=True)], "network_error"),
-    "create 402/403 no credits": ("create", lambda p: [credits(p)], "*"),
+    "create 402/403 no credits": ("create", lambda p: [credits(p)], {
+        "synclabs": "insufficient_credits", "heygen": "insufficient_credit", "higgsfield": "insufficient_credits"}),
     "status 503": ("status", lambda p: [Fault(503, b"Service Unavailable")], "ok"),
     "status 500 twice": ("status", lambda p: [Fault(500, {}), Fault(500, {})], "ok"),
     "status malformed JSON": ("status", lambda p: [Fault(200, raw=b"<html>gateway</html>")], "ok"),
@@ -58,7 +59,8 @@ MATRIX = {
     "status 429 Retry-After": ("status", lambda p: [rate(p, "1")], "ok"),
     "download 500": ("download", lambda p: [Fault(500, b"")], "ok"),
     "stuck in pending": ("switch", {"outcome": "stuck"}, "generation_timeout"),
-    "failed with a reason": ("switch", {"outcome": "fail"}, "*"),
+    "failed with a reason": ("switch", {"outcome": "fail"}, {
+        "synclabs": "face_not_detected", "heygen": "avatar_not_found", "higgsfield": "generation_failed"}),
     "failed without a reason": ("switch", {"outcome": "fail_silently"}, "generation_failed"),
     "unknown status string": ("switch", {"unknown_status": "warming_up_gpu"}, "ok"),
     "expired output URL": ("switch", {"expire_first_url": True}, "ok"),
@@ -129,9 +131,13 @@ def test_fault_matrix(mock, fault, sleep, store, persona, avatar, portrait, spee
             assert 1.0 in sleep.waits
     else:
         assert error is not None, "the fault should have failed the call"
-        if expected != "*":
-            assert error.code == expected, (error.code, error.message)
+        code = expected[provider] if isinstance(expected, dict) else expected
+        assert error.code == code, (error.code, error.message)
         if fault == "failed without a reason":
             assert "gave no reason" in error.message
-        if route == "create" and expected != "*" or fault == "create 500":
-            assert mock.counts["create"] == 1  # an ambiguous create is never re-sent
+        if fault == "failed with a reason":  # the provider's own reason reaches the job's attempts
+            assert {"synclabs": "Face not detected", "heygen": "detect a face", "higgsfield": "no face"}[provider] in error.message
+        if fault == "create 402/403 no credits":  # no retry can help, and the account is at fault
+            assert not error.retryable and mock.counts["create"] == 1
+        if route == "create":
+            assert mock.counts["create"] == 1  # an ambiguous or refused create is never re-sent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers._retry import (AttemptFailed, CreateOutcomeUnknown, Deadline, Failure, FailureKind, JobState,
-                              JobStatus, RetryPolicy, call_with_retry, classify_status, job_state, poll_job)
+from providers._retry import (AttemptFailed, CreateOutcomeUnknown, Deadline, Failure, FailureKind, GenerationState,
+                              GenerationStatus, RetryPolicy, call_with_retry, classify_status, generation_state, poll_job)
 from providers.base import ProviderError
 from providers.http import CircuitBreaker
 from tests.providers.conftest import FastSleep
@@ -124,17 +124,17 @@ def test_permanent_errors_are_not_retried_and_input_errors_do_not_blame_the_prov
 
 
 def test_unknown_statuses_are_not_terminal():
-    assert job_state("waiting_for_gpu", succeeded={"completed"}, failed={"failed"}) is JobState.running
-    assert job_state(None, succeeded={"completed"}, failed={"failed"}) is JobState.running
-    assert job_state("COMPLETED", succeeded={"completed"}, failed={"failed"}) is JobState.succeeded
+    assert generation_state("waiting_for_gpu", succeeded={"completed"}, failed={"failed"}) is GenerationState.running
+    assert generation_state(None, succeeded={"completed"}, failed={"failed"}) is GenerationState.running
+    assert generation_state("COMPLETED", succeeded={"completed"}, failed={"failed"}) is GenerationState.succeeded
 
 
 def test_polling_survives_fetch_errors_and_stops_at_the_deadline():
     # Given a job that answers: error, unknown status, running... forever
-    answers = iter([ProviderError("http_503", "busy"), JobStatus(JobState.running, "warming_up")])
+    answers = iter([ProviderError("http_503", "busy"), GenerationStatus(GenerationState.running, "warming_up")])
 
     def fetch():
-        answer = next(answers, JobStatus(JobState.running, "processing"))
+        answer = next(answers, GenerationStatus(GenerationState.running, "processing"))
         if isinstance(answer, Exception):
             raise answer
         return answer

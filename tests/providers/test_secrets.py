@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from node.job import parse_job
 from node.pipeline import Renderer
 from providers.base import ProviderError
-from providers.registry import build_providers
+from node.provider_set import build_providers
 from tests.conftest import make_speech, make_video
 from tests.mocks import ElevenLabsMock, Fault, HeyGenMock, HiggsfieldMock, SyncMock
 from tests.providers.conftest import provider_settings

@@ -135,3 +135,22 @@ def test_a_drain_stops_polling_and_the_next_run_resumes(sync_mock, sleep, tmp_pa
     result = client(sync_mock, sleep, FileGenerationStore(tmp_path / "generations")).lipsync(
         avatar, speech, tmp_path / "o.mp4", video_id="job-d")
     assert sync_mock.book.created == 1 and result.generation_id == "gen_0001"
+
+
+def test_drains_never_open_a_healthy_providers_circuit(sync_mock, sleep, tmp_path, avatar, speech):
+    # Given one client (one process's circuit of 3 failures) and three jobs drained while polling
+    from node.errors import Cancelled
+
+    sync_mock.book.outcome = "stuck"
+    c = client(sync_mock, sleep, FileGenerationStore(tmp_path / "generations"), deadline_s=600, circuit_failures=3)
+    for i in range(3):
+        with pytest.raises(Cancelled):
+            c.lipsync(avatar, speech, tmp_path / "o.mp4", video_id=f"drained-{i}",
+                      should_stop=lambda: sync_mock.counts.get("status", 0) >= 1)
+        sync_mock.counts["status"] = 0
+    # Then our own stops did not count against the provider: the circuit stays closed
+    assert c.unavailable_reason() is None
+    # and the next job runs against it as usual
+    sync_mock.book.outcome = "complete"
+    result = c.lipsync(avatar, speech, tmp_path / "o.mp4", video_id="next-job")
+    assert result.generation_id and (tmp_path / "o.mp4").stat().st_size > 0

@@ -295,6 +295,56 @@ def test_optional_failure_is_printed_but_does_not_fail_the_run(tiny, hub, tmp_pa
     assert re.search(r"^FAILED +lipsync_expert\.pth \(optional\)", out, re.M)
 
 
+@pytest.fixture
+def with_dwpose(tiny, hub, monkeypatch) -> bytes:
+    """`tiny` plus an optional MuseTalk DWPose row at the real local path, served by `hub`."""
+    data = _blob(900, 6)
+    hub.add("t/dwpose", COMMIT, "dw-ll_ucoco_384.onnx", data)
+    row = WeightFile("musetalk", "t/dwpose", COMMIT, "dw-ll_ucoco_384.onnx", weights.DWPOSE, len(data),
+                     hashlib.sha256(data).hexdigest(), "test", required=False)
+    monkeypatch.setattr(weights, "MANIFEST", (*weights.MANIFEST, row))
+    return data
+
+
+def test_dwpose_is_fetched_by_default_but_its_failure_does_not_count(with_dwpose, hub, tmp_path, capsys):
+    # Given the optional DWPose export served by the Hub
+    # When MuseTalk's weights are fetched without --optional
+    assert _run(hub, tmp_path, "--engine", "musetalk") == 0
+    out = capsys.readouterr().out
+    # Then it is downloaded with the required files, and marked optional
+    assert weights.DWPOSE in _lines(out, dw.DOWNLOADED)
+    assert (tmp_path / weights.DWPOSE).read_bytes() == with_dwpose
+    assert re.search(r"^downloaded +dwpose/dw-ll_ucoco_384\.onnx \(optional\)", out, re.M)
+    # and when the Hub loses it, a fresh run reports it but still succeeds
+    del hub.files[("t/dwpose", COMMIT, "dw-ll_ucoco_384.onnx")]
+    fresh = tmp_path / "fresh"
+    assert _run(hub, fresh, "--engine", "musetalk") == 0
+    assert re.search(r"^FAILED +dwpose/dw-ll_ucoco_384\.onnx \(optional\)", capsys.readouterr().out, re.M)
+    assert weights.missing_weights("musetalk", fresh) == []
+
+
+def test_official_bin_containers_stand_in_for_the_safetensors(monkeypatch, hub, tmp_path, capsys):
+    # Given the official MuseTalk layout: pickled .bin files where the manifest names .safetensors
+    rows = []
+    for local in weights.ALTERNATIVES:
+        data = _blob(500, len(rows) + 10)
+        hub.add("t/m", COMMIT, local, data)
+        rows.append(WeightFile("musetalk", "t/m", COMMIT, local, local, len(data),
+                               hashlib.sha256(data).hexdigest(), "test"))
+    monkeypatch.setattr(weights, "MANIFEST", tuple(rows))
+    assert set(weights.missing_weights("musetalk", tmp_path)) == set(weights.ALTERNATIVES)
+    for local, alternatives in weights.ALTERNATIVES.items():
+        (tmp_path / alternatives[0]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / alternatives[0]).write_bytes(b"pickle")
+    # Then they count as present, for the engine and for the script (which downloads nothing)
+    assert weights.missing_weights("musetalk", tmp_path) == []
+    assert weights.present_path(tmp_path, "whisper/model.safetensors") == tmp_path / "whisper/pytorch_model.bin"
+    assert _run(hub, tmp_path, "--engine", "musetalk") == 0
+    out = capsys.readouterr().out
+    assert _lines(out, dw.PRESENT) == set(weights.ALTERNATIVES) and "using whisper/pytorch_model.bin" in out
+    assert hub.requests == []
+
+
 def test_a_present_plain_generator_satisfies_wav2lip(tiny, hub, tmp_path, capsys):
     # Given only the non-GAN generator in place
     (tmp_path / "wav2lip.pth").write_bytes(tiny["wav2lip.pth"])
@@ -414,19 +464,22 @@ def test_real_manifest_layout():
         "sd-vae/config.json", "sd-vae/diffusion_pytorch_model.safetensors",
         "whisper/config.json", "whisper/preprocessor_config.json", "whisper/model.safetensors",
         "face-parse-bisent/79999_iter.pth", "face-parse-bisent/resnet18-5c106cde.pth",
+        "dwpose/dw-ll_ucoco_384.onnx",
     }
-    assert all(wf.required for wf in weights.files_for("musetalk"))
+    # 79999_iter.pth holds the backbone; DWPose improves placement but S3FD boxes work without it
+    assert {wf.local_path for wf in weights.files_for("musetalk") if not wf.required} == {
+        "face-parse-bisent/resnet18-5c106cde.pth", "dwpose/dw-ll_ucoco_384.onnx"}
+    assert weights.RECOMMENDED == {weights.DWPOSE}
     assert {wf.local_path for wf in weights.files_for("wav2lip") if wf.required} == {"s3fd.pth"}
     assert weights.ONE_OF["wav2lip"][0] == "wav2lip_gan.pth"
     assert set(weights.ONE_OF["wav2lip"]) <= paths("wav2lip")
-    assert not any("DWPose" in wf.repo_id for wf in weights.MANIFEST)
+    assert {wf.repo_id for wf in weights.MANIFEST if wf.local_path == weights.DWPOSE} == {"yzd-v/DWPose"}
     assert {wf.repo_id for wf in weights.files_for("wav2lip") if wf.engine == "wav2lip"} == {"Nekochu/Wav2Lip"}
 
 
-_REFERENCE_CONFIGS = Path("/work/shared/reference/configs")
+_REFERENCE_CONFIGS = Path(__file__).resolve().parents[1] / "reference" / "configs"
 
 
-@pytest.mark.skipif(not _REFERENCE_CONFIGS.is_dir(), reason="shared reference configs not on this machine")
 @pytest.mark.parametrize(("reference", "local_path"), [
     ("musetalkV15_musetalk.json", "musetalkV15/musetalk.json"),
     ("sd-vae-ft-mse_config.json", "sd-vae/config.json"),

@@ -1,4 +1,9 @@
-"""Providers built from Settings, once per Renderer: name -> client, and the TTS order.
+"""The process's providers, built from Settings once: name -> client, and the TTS order.
+
+Built once per process, never per Renderer: each client holds its provider's concurrency slots
+and circuit breaker, and a multi-GPU worker (one Renderer per GPU) must not multiply the limits
+the plan allows. The node composes them here, so `providers/` never imports the pipeline's
+modules (the audio cache wraps ElevenLabs on this side).
 
     tts      [ElevenLabs through the audio cache, if ELEVENLABS_API_KEY is set] + [espeak-ng]
     remote   synclabs (LipSyncAPI), higgsfield and heygen (FullVideoAPI); each is built even
@@ -15,6 +20,7 @@ from typing import Callable
 
 import httpx
 
+from node.cache import AudioCache, CachedTTS
 from node.config import Settings
 from providers._retry import RetryPolicy
 from providers.base import FileGenerationStore, FullVideoAPI, GenerationStore, LipSyncAPI, TextToSpeech
@@ -49,8 +55,6 @@ def limits_for(settings: Settings, name: str) -> ProviderLimits:
 def build_providers(settings: Settings, *, store: GenerationStore | None = None,
                     transport: httpx.BaseTransport | None = None,
                     sleep: Callable[[float], None] = time.sleep) -> Providers:
-    from node.cache import AudioCache, CachedTTS  # node.cache imports providers.base; keep the cycle lazy
-
     s = settings
     store = store or FileGenerationStore(s.provider_generations_dir or s.temp_dir / "generations")
     common = {"transport": transport, "sleep": sleep}
