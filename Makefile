@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/encoder_fps.py
 	$(BIN)/python bench/wav2lip_node.py
 	$(BIN)/python bench/musetalk_node.py
+	$(BIN)/python bench/sync_overhead.py
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/audio_cache.py
 

@@ -40,29 +40,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CANVAS = (1280, 720)
-DEMO_OFFSET = (448, 168)  # where the 384x384 demo sits on the canvas (centred)
+from bench.inputs import CANVAS, demo_box, fixed_detector, make_base720, speech_samples  # noqa: E402
+
 FPS = 25
-
-
-def demo_box() -> tuple[int, int, int, int]:
-    face = json.loads((REPO / "node/assets/avatars/demo.json").read_text())["face_box"]
-    return (face[0] + DEMO_OFFSET[0], face[1] + DEMO_OFFSET[1], face[2] + DEMO_OFFSET[0], face[3] + DEMO_OFFSET[1])
-
-
-def speech_samples(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    syllables = (np.sin(2 * np.pi * 3.0 * t) > -0.3).astype(np.float32)  # speech-like on/off
-    voice = np.sin(2 * np.pi * 140 * t) + 0.3 * rng.standard_normal(t.size)
-    return (0.3 * voice * syllables).astype(np.float32)
-
-
-def fixed_detector(box):
-    def detect(frames):
-        scale = frames.shape[2] / CANVAS[0]
-        return [[v * scale for v in box]] * len(frames)
-    return detect
 
 
 def build_weights(root: Path, full: bool) -> None:
@@ -137,14 +117,9 @@ def stage_figures(engine, base, speech, batch: int, encoder_settings) -> dict:
 
 
 def make_cpu_inputs(tmp: Path, base_seconds: float, speech_seconds: list[float]) -> None:
-    from node.media import ffmpeg_binary, write_wav
+    from node.media import write_wav
 
-    demo = REPO / "node" / "assets" / "avatars" / "demo.mp4"
-    x, y = DEMO_OFFSET
-    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-stream_loop", "-1", "-i", str(demo),
-                    "-t", str(base_seconds), "-vf",
-                    f"pad={CANVAS[0]}:{CANVAS[1]}:{x}:{y}:color=0x506070,format=yuv420p",
-                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(tmp / "base720.mp4")], check=True)
+    make_base720(tmp / "base720.mp4", base_seconds)
     for seconds in {2.0, *speech_seconds}:
         write_wav(tmp / f"speech{seconds:g}.wav", speech_samples(seconds), 16000)
     (tmp / "weights").mkdir()

@@ -35,25 +35,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.media import ffmpeg_binary, write_wav  # noqa: E402
+from bench.inputs import CANVAS, demo_box, make_base720, speech_samples  # noqa: E402
+from node.media import write_wav  # noqa: E402
 
-CANVAS = (1280, 720)
-DEMO_OFFSET = (448, 168)  # where the 384x384 demo sits on the canvas (centred)
 
 
 def make_inputs(tmp: Path, base_seconds: float, speech_seconds: list[float]) -> None:
-    demo = REPO / "node" / "assets" / "avatars" / "demo.mp4"
-    x, y = DEMO_OFFSET
-    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-stream_loop", "-1", "-i", str(demo),
-                    "-t", str(base_seconds), "-vf",
-                    f"pad={CANVAS[0]}:{CANVAS[1]}:{x}:{y}:color=0x506070,format=yuv420p",
-                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(tmp / "base720.mp4")], check=True)
-    rng = np.random.default_rng(0)
+    make_base720(tmp / "base720.mp4", base_seconds)
     for seconds in speech_seconds:
-        t = np.arange(int(seconds * 16000)) / 16000
-        syllables = (np.sin(2 * np.pi * 3.0 * t) > -0.3).astype(np.float32)  # speech-like on/off
-        voice = np.sin(2 * np.pi * 140 * t) + 0.3 * rng.standard_normal(t.size)
-        write_wav(tmp / f"speech{seconds:g}.wav", (0.3 * voice * syllables).astype(np.float32), 16000)
+        write_wav(tmp / f"speech{seconds:g}.wav", speech_samples(seconds), 16000)
     from tests.checkpoints import random_state_dict, save, training_container
 
     weights = tmp / "weights"
@@ -77,8 +67,7 @@ def child(args) -> None:
                         avatar_cache_dir=tmp / args.cache, video_encoder="libx264", x264_preset="veryfast")
     engine = Wav2LipEngine(settings)
     engine.load()
-    face = json.loads((REPO / "node/assets/avatars/demo.json").read_text())["face_box"]
-    box = [face[0] + DEMO_OFFSET[0], face[1] + DEMO_OFFSET[1], face[2] + DEMO_OFFSET[0], face[3] + DEMO_OFFSET[1]]
+    box = demo_box()
 
     load_real_detector = engine._load_detector
 

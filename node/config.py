@@ -91,6 +91,22 @@ class Settings(BaseSettings):
     musetalk_blur_ratio: float = Field(default=0.05, gt=0, le=1)
     #: torch.compile the VAE decoder on CUDA (compiled on the first job; CPU nodes ignore it).
     musetalk_compile: bool = False
+
+    # --- sync confidence (node/sync.py; needs lipsync_expert.pth and s3fd.pth) ------------------------
+    #: Score every lip-synced output with the Wav2Lip SyncNet expert (off: no overhead, no score).
+    sync_scoring: bool = True
+    #: Below this confidence a lip-sync step fails (low_sync_confidence) and the chain moves on;
+    #: unset = report only. Units: cosine distance (median minus minimum of the offset curve).
+    sync_min_confidence: Optional[float] = Field(default=None, ge=0)
+    #: Move the audio by the measured offset at mux time (when non-zero and confident).
+    sync_fix_offset: bool = False
+    #: The confidence an offset needs before SYNC_FIX_OFFSET acts on it.
+    sync_offset_min_confidence: float = Field(default=0.05, ge=0)
+    #: Offsets searched each way, frames (the SyncNet protocol's 15).
+    sync_max_offset_frames: int = Field(default=15, ge=1, le=60)
+    #: Score the 5-frame windows starting every this many frames (1 = all, as the protocol does;
+    #: windows overlap, so 2 still sees every frame and halves the cost on CPU nodes).
+    sync_window_stride: int = Field(default=2, ge=1, le=5)
     #: auto | cpu | cuda | cuda:N; fp16 autocast is chosen by the GPU's capability.
     torch_device: str = "auto"
 

@@ -9,8 +9,10 @@ from node.encoder import choose_encoder
 from node.engines import build_local_engines
 from node.job import Job, Strategy
 from node.media import ffmpeg_binary, ffprobe_binary
-from providers.espeak import EspeakTTS
 from node.provider_set import build_providers
+from node.sync import SyncScoring
+from node.weights import LICENCES
+from providers.espeak import EspeakTTS
 
 #: Remote providers' terms, shown beside the local engines' weight licences.
 REMOTE_LICENCES = {
@@ -39,6 +41,8 @@ def node_health(settings: Settings) -> dict:
         if row["ready"] and note and note():  # e.g. musetalk: "DWPose absent: S3FD boxes"
             row["note"] = note()
         components.append(row)
+    components.append(_row("sync", "syncnet_expert", SyncScoring(settings).unavailable_reason(),
+                           LICENCES["wav2lip"] + "; scoring only"))
     # Remote steps as the chain would see them, in chain order.
     probe_job = Job(video_id="health", text="health", strategy=Strategy.auto)
     for step in plan_steps(probe_job, settings, {}, providers.remote):

@@ -13,23 +13,24 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from node.avatars import AVATAR_NAME_RE, BaseVideo, resolve_avatar, validate_video
-from node.chain import Attempt, FileRendition, FrameRendition, StepInputs, observe_attempts, plan_steps
+from node.chain import Attempt, EngineStep, FileRendition, FrameRendition, StepInputs, observe_attempts, plan_steps
 from node.config import Settings
 from node.encoder import EncoderChoice, VideoEncoder, choose_encoder
 from node.engines import LipSyncEngine, Speech, build_local_engines
 from node.errors import Cancelled, InvalidInput, LipsyncError, MediaError, RenderFailed
-from node.job import Job
+from node.job import Job, Strategy
 from node.logs import debug_enabled, job_context
 from node.media import decode_audio, iter_video_frames, probe, use_binaries
 from node.personas import Persona, load_persona
 from node.provider_set import Providers, build_providers
+from node.sync import Candidate, SyncScoring, below_threshold, fix_offset, observe_sync
 from providers.base import TextToSpeech
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Renderer:
         self.tts = tts if tts is not None else providers.tts  # [ElevenLabs via the audio cache,] espeak
         self.remote = remote if remote is not None else providers.remote
         self._encoder = encoder
+        self.sync = SyncScoring(settings)
 
     def batch_summary(self) -> str:
         """The one batch rule as it applies here, for the worker's start-up log."""
@@ -115,7 +117,10 @@ class Renderer:
         log.info("rendering %d frames at %s fps (%.2fs of speech from %s) on avatar %s",
                  frame_count, base.fps, speech.duration_s, speech.provider, base.source.name)
 
+        candidates: list[Candidate] = []  # lip-synced outputs that scored below SYNC_MIN_CONFIDENCE
         for step in plan_steps(job, self.settings, self.engines, self.remote):
+            if step.stage == Strategy.base_video.value and candidates:
+                break  # the best lip-synced candidate wins over strategy 3
             reason = step.unavailable_reason()
             if reason:
                 log.info("%s: skipped: %s", step.name, reason)
@@ -124,7 +129,12 @@ class Renderer:
             t0 = time.perf_counter()
             try:
                 rendition = step.produce(inputs)
-                stage_times = self._encode(rendition, speech, output, frame_count, progress, should_stop)
+                monitor, sync = self._sync_monitor(step, base, speech, frame_count)
+                stage_times = self._encode(rendition, speech, output, frame_count, progress, should_stop, monitor)
+                if monitor is not None:  # waits for the scorer's last batch; counted as `sync`
+                    t_sync = time.perf_counter()
+                    sync = monitor.result()
+                    stage_times["sync"] = round(stage_times["sync"] + time.perf_counter() - t_sync, 3)
             except Cancelled as e:
                 attempts.append(Attempt(step.stage, step.name, "interrupted", e.code, e.message,
                                         round(time.perf_counter() - t0, 3)))
@@ -136,19 +146,29 @@ class Renderer:
                 log.error("%s: unexpected %s", step.name, type(e).__name__, exc_info=debug_enabled())
                 self._record_failure(attempts, step, "internal_error", f"{type(e).__name__}: {e}", t0)
                 continue
-            attempts.append(Attempt(step.stage, step.name, "succeeded", reason=getattr(rendition, "note", None),
+            done = Candidate(step.stage, step.name, output, stage_times, getattr(rendition, "report", None) or {},
+                             sync, getattr(rendition, "note", None))
+            observe_sync(done)
+            low = below_threshold(sync, self.settings.sync_min_confidence)
+            if low:
+                done = done.keep_as_candidate(workdir / f"candidate-{len(candidates)}.mp4")
+                candidates.append(done)
+                self._record_failure(attempts, step, "low_sync_confidence", low, t0)
+                continue
+            attempts.append(Attempt(step.stage, step.name, "succeeded", reason=done.note,
                                     duration_s=round(time.perf_counter() - t0, 3)))
-            observe_attempts(attempts)
-            timings |= stage_times
-            timings["total"] = round(time.perf_counter() - started, 3)
-            kind = "lipsync" if step.stage == "lipsync" else "video"
-            log.info("succeeded with %s/%s in %.2fs: %s", step.stage, step.name, timings["total"], output)
-            report = getattr(rendition, "report", None)
-            return RenderResult(job.video_id, "succeeded", str(output), step.stage,
-                                {"tts": speech.provider, kind: step.name}, round(speech.duration_s, 3),
-                                attempts, timings, self.encoder.codec,
-                                extra={"lipsync_report": report} if report else {})
+            return self._succeeded(job, done, speech, output, attempts, timings, started)
 
+        if candidates:
+            best = max(candidates, key=lambda c: c.sync["confidence"])
+            best.path.replace(output)
+            log.warning("every lip-sync step scored below SYNC_MIN_CONFIDENCE; keeping the best, %s/%s",
+                        best.stage, best.provider)
+            return self._succeeded(job, replace(best, path=output), speech, output, attempts, timings, started,
+                                   fallback=f"every lip-synced output scored below SYNC_MIN_CONFIDENCE "
+                                            f"({self.settings.sync_min_confidence:g}); the best, from "
+                                            f"{best.provider} (confidence {best.sync['confidence']:.4f}), "
+                                            "was kept over strategy 3")
         timings["total"] = round(time.perf_counter() - started, 3)
         log.error("all_strategies_failed: every step of the chain failed or was skipped")
         observe_attempts(attempts)
@@ -156,6 +176,35 @@ class Renderer:
                             round(speech.duration_s, 3), attempts, timings, None,
                             {"code": "all_strategies_failed",
                              "message": "every strategy failed or was unavailable; see attempts"})
+
+    def _succeeded(self, job: Job, done: Candidate, speech: Speech, output: Path, attempts: list[Attempt],
+                   timings: dict[str, float], started: float, fallback: str | None = None) -> RenderResult:
+        sync = fix_offset(done.sync, self.settings, output, speech)
+        observe_attempts(attempts)
+        timings |= done.stage_times
+        timings["total"] = round(time.perf_counter() - started, 3)
+        kind = "lipsync" if done.stage == "lipsync" else "video"
+        log.info("succeeded with %s/%s in %.2fs: %s", done.stage, done.provider, timings["total"], output)
+        extra = {"lipsync_report": done.report} if done.report else {}
+        if sync is not None:
+            extra["sync"] = sync | ({"fallback": fallback} if fallback else {})
+        return RenderResult(job.video_id, "succeeded", str(output), done.stage,
+                            {"tts": speech.provider, kind: done.provider}, round(speech.duration_s, 3),
+                            attempts, timings, self.encoder.codec, extra=extra)
+
+    def _sync_monitor(self, step, base: BaseVideo, speech: Speech, frame_count: int):
+        """(monitor, None) when this step's output is scored; (None, {skipped: why}) when it is a
+        lip-synced step that cannot be; (None, None) for strategy 3."""
+        if step.stage == Strategy.base_video.value:
+            return None, None
+        reason = self.sync.unavailable_reason()
+        if reason:
+            return None, {"skipped": reason}
+        try:
+            return self.sync.monitor(base, speech, frame_count, aligned=isinstance(step, EngineStep)), None
+        except Exception as e:  # scoring must never cost a render
+            log.warning("sync scoring unavailable: %s: %s", type(e).__name__, e, exc_info=debug_enabled())
+            return None, {"skipped": f"scorer failed to start: {type(e).__name__}"}
 
     def prepare_avatar(self, path: Path, name: str) -> dict:
         """Install a base video as avatar `name` in AVATARS_DIR and build every ready engine's
@@ -255,14 +304,14 @@ class Renderer:
     # --- output --------------------------------------------------------------------------------
 
     def _encode(self, rendition: FrameRendition | FileRendition, speech: Speech, output: Path,
-                frame_count: int, progress: Progress | None, should_stop) -> dict[str, float]:
+                frame_count: int, progress: Progress | None, should_stop, monitor=None) -> dict[str, float]:
         if isinstance(rendition, FileRendition):
             rendition = _frames_of_file(rendition.path, frame_count)
         s = self.settings
         encoder = VideoEncoder(output, rendition.width, rendition.height, rendition.fps, speech.path,
                                speech.duration_s, codec=self.encoder.codec, crf=s.video_crf,
                                preset=s.x264_preset, audio_bitrate_kbps=s.audio_bitrate_kbps)
-        produce_s = 0.0
+        produce_s = sync_s = 0.0
         with encoder:
             batches = iter(rendition.batches)
             while True:
@@ -272,6 +321,10 @@ class Renderer:
                 if batch is None:
                     break
                 encoder.write(batch)
+                if monitor is not None:  # scored on its own thread while the next batch is made
+                    t0 = time.perf_counter()
+                    monitor.add(batch)
+                    sync_s += time.perf_counter() - t0
                 if progress:
                     progress(min(encoder.frames_written, frame_count), frame_count)
                 if should_stop and should_stop():  # a batch boundary: the drain point
@@ -280,7 +333,8 @@ class Renderer:
                 raise RenderFailed(f"produced {encoder.frames_written} frames, expected "
                                    f"{rendition.frame_count}", code="frame_count_mismatch")
             encoder.close()
-        return {"lipsync": round(produce_s, 3), "encode": round(encoder.blocked_s, 3)}
+        times = {"lipsync": round(produce_s, 3), "encode": round(encoder.blocked_s, 3)}
+        return times | ({"sync": round(sync_s, 3)} if monitor is not None else {})
 
     @staticmethod
     def _record_failure(attempts: list[Attempt], step, code: str, message: str, t0: float) -> None:

@@ -7,7 +7,7 @@ or messages), so a secret cannot reach the metrics output and cardinality stays 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 #: One provider call (a TTS request, or a whole generation: create, poll, download).
 PROVIDER_CALLS = Counter("lipsync_provider_calls_total", "Provider calls by outcome",
@@ -26,3 +26,7 @@ AUDIO_CACHE_CORRUPT = Counter("lipsync_audio_cache_corrupt_total",
 #: Every step the chain recorded: the strategy (stage) and provider used, and how it ended.
 CHAIN_STEPS = Counter("lipsync_chain_steps_total", "Strategy-chain steps by outcome",
                       ["stage", "provider", "outcome"])
+
+#: The sync confidence of each scored lip-synced output (node/sync.py), by engine or provider.
+SYNC_CONFIDENCE = Histogram("lipsync_sync_confidence", "SyncNet-expert sync confidence of lip-synced outputs",
+                            ["provider"], buckets=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))

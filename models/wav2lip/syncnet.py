@@ -41,6 +41,12 @@ class SyncNet(nn.Module):
         self.audio_encoder = audio_encoder(residuals_at_256=2)
 
     def forward(self, mel: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        face_emb = self.face_encoder(face).flatten(1)
-        audio_emb = self.audio_encoder(mel).flatten(1)
-        return F.normalize(audio_emb, p=2, dim=1), F.normalize(face_emb, p=2, dim=1)
+        return self.embed_audio(mel), self.embed_face(face)
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) mel windows -> (B, 512) unit-norm audio embeddings (the audio half alone)."""
+        return F.normalize(self.audio_encoder(mel).flatten(1), p=2, dim=1)
+
+    def embed_face(self, face: torch.Tensor) -> torch.Tensor:
+        """(B, 15, 48, 96) face windows -> (B, 512) unit-norm face embeddings."""
+        return F.normalize(self.face_encoder(face).flatten(1), p=2, dim=1)

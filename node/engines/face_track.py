@@ -91,7 +91,7 @@ def prepare_face_track(base: BaseVideo, detect: FaceDetector) -> FaceTrack:
         for k, box in enumerate(detect_scaled(base.take(range(start, min(n, start + DETECT_BATCH))), detect)):
             if box is not None:
                 raw[start + k], found[start + k] = box, True
-    boxes = _pad_and_clip(_smooth(raw, found), w, h)
+    boxes = pad_and_clip(_smooth(raw, found), w, h)
     valid = found & (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
     crops = np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     # A second read of the frames: crops need the smoothed boxes, i.e. their neighbours'
@@ -141,7 +141,7 @@ def _smooth(raw: np.ndarray, found: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pad_and_clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+def pad_and_clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     top, bottom, left, right = PADS
     x1 = np.clip(np.round(boxes[:, 0]) - left, 0, width)
     y1 = np.clip(np.round(boxes[:, 1]) - top, 0, height)

@@ -141,3 +141,19 @@ def test_metrics_record_the_strategy_and_provider_used(tmp_path, settings, ffpro
     assert REGISTRY.get_sample_value("lipsync_chain_steps_total", labels) == before + 1
     assert REGISTRY.get_sample_value("lipsync_provider_calls_total",
                                      {"provider": "synclabs", "outcome": "succeeded"}) == calls_before + 1
+
+
+def test_a_remote_output_is_scored_from_its_own_frames(tmp_path, settings, ffprobe, sync_mock):
+    # Given Sync as the only lip-sync step and a scorer that records how it was asked to find faces
+    from tests.node.test_sync import FixedScores
+
+    renderer = Renderer(provider_settings(settings, sync=sync_mock, lipsync_engine_order="synclabs"), engines={})
+    renderer.sync = scores = FixedScores((0.4, 1))
+    speech = make_speech(tmp_path / "s.wav", 1.0)
+    job = parse_job({"video_id": "remote-sync", "audio": str(speech), "avatar": str(make_video(tmp_path / "a.mp4")),
+                     "strategy": "lipsync"})
+    result = renderer.render(job, tmp_path / "o.mp4")
+    # Then the provider's video was scored on its decoded frames (faces detected, not taken from
+    # the avatar's track: its framing need not be the base video's), every frame of it
+    assert result.providers["lipsync"] == "synclabs" and scores.calls == [False]
+    assert scores.frames == 25 and result.extra["sync"]["confidence"] == 0.4
