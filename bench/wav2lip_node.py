@@ -113,7 +113,7 @@ def generator_fps(tmp: Path, frames: int) -> float:
     settings = Settings(_env_file=None, weights_dir=tmp / "weights")
     engine = Wav2LipEngine(settings)
     engine.load()
-    batch = engine.batch_size
+    batch = settings.batch_size_for("wav2lip")[0]  # the model batch a render uses
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (batch, 96, 96, 3), dtype=np.uint8)
     mel = rng.standard_normal((batch, 80, 16)).astype(np.float32)
@@ -140,7 +140,7 @@ def main() -> None:
         return child(args)
     from node.config import Settings
 
-    batch = Settings(_env_file=None).wav2lip_batch_size
+    batch = Settings(_env_file=None).batch_size_for("wav2lip")[0]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         make_inputs(tmp, args.base_seconds, [args.seconds, args.long_seconds])

@@ -126,7 +126,7 @@ class Renderer:
                 log.info("%s: skipped: %s", step.name, reason)
                 attempts.append(Attempt(step.stage, step.name, "skipped", "unavailable", reason))
                 continue
-            t0 = time.perf_counter()
+            t0, monitor = time.perf_counter(), None
             try:
                 rendition = step.produce(inputs)
                 monitor, sync = self._sync_monitor(step, base, speech, frame_count)
@@ -146,6 +146,9 @@ class Renderer:
                 log.error("%s: unexpected %s", step.name, type(e).__name__, exc_info=debug_enabled())
                 self._record_failure(attempts, step, "internal_error", f"{type(e).__name__}: {e}", t0)
                 continue
+            finally:
+                if monitor is not None:
+                    monitor.close()  # a failed or stopped step leaves no scoring thread behind
             done = Candidate(step.stage, step.name, output, stage_times, getattr(rendition, "report", None) or {},
                              sync, getattr(rendition, "note", None))
             observe_sync(done)

@@ -33,7 +33,8 @@ import numpy as np
 from node.avatars import BaseVideo
 from node.config import Settings
 from node.engines.base import Speech
-from node.engines.face_track import CROP_SIZE, FaceTrack, detect_scaled, load_or_prepare, pad_and_clip
+from node.engines.face_track import (CROP_SIZE, FaceTrack, detect_scaled, load_or_prepare, pad_and_clip,
+                                     s3fd_identity)
 from node.errors import MediaError
 from node.media import ffmpeg_binary, probe
 from providers import metrics
@@ -88,10 +89,6 @@ class SyncScoring:
 
         return best_boxes(detect(self._s3fd, frames))
 
-    def _detector_id(self) -> str:
-        stat = (self.weights_dir / DETECTOR).stat()
-        return f"s3fd:{stat.st_size}:{stat.st_mtime_ns}"  # the same key the Wav2Lip engine uses
-
     def monitor(self, base: BaseVideo, speech: Speech, frame_count: int, *, aligned: bool) -> "SyncMonitor":
         """A monitor for one render of `frame_count` frames. `aligned`: frame k is base frame
         `base.pingpong_indices(frame_count)[k]` (a local engine); else faces are detected."""
@@ -105,7 +102,8 @@ class SyncScoring:
                                       window_stride=self.settings.sync_window_stride)
         track = None
         if aligned:
-            track = load_or_prepare(base, lambda: self._detect, self._detector_id(), self.settings.avatar_cache_dir)
+            track = load_or_prepare(base, lambda: self._detect, s3fd_identity(self.weights_dir / DETECTOR),
+                                    self.settings.avatar_cache_dir)  # the Wav2Lip engine's track
         return SyncMonitor(accumulator, track, base.pingpong_indices(frame_count) if aligned else None,
                            None if aligned else self._detect)
 
@@ -156,6 +154,10 @@ class SyncMonitor:
         self._accumulator.add(crops, valid)
         self._seen += n
 
+    def close(self) -> None:
+        """Stop the scoring thread (idempotent); a batch being scored is finished first."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def result(self) -> dict:
         """`{distance, confidence, offset_frames, windows, scorer}`, or `{skipped: why}`."""
         try:
@@ -165,7 +167,7 @@ class SyncMonitor:
             log.warning("sync scoring failed: %s: %s", type(e).__name__, e)
             self._failed = f"scoring failed: {type(e).__name__}"
         finally:
-            self._pool.shutdown(wait=True)
+            self.close()
         if self._failed:
             return {"skipped": self._failed, "scorer": SCORER}
         if score is None:

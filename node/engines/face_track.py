@@ -56,6 +56,13 @@ class FaceTrack:
         return int((~self.has_face).sum())
 
 
+def s3fd_identity(weights_path: Path) -> str:
+    """The key of tracks detected with the S3FD file at `weights_path` (its size and mtime): the
+    Wav2Lip engine and the sync scorer share an avatar's track through it."""
+    stat = Path(weights_path).stat()
+    return f"s3fd:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def track_path(cache_dir: Path, base: BaseVideo, detector_id: str) -> Path:
     params = f"v{TRACK_VERSION}:{PADS}:{DETECT_MAX_SIDE}:{SMOOTH_WINDOW}:{CROP_SIZE}:{detector_id}"
     return Path(cache_dir) / base.key / f"face-track-{hashlib.sha256(params.encode()).hexdigest()[:16]}.npz"

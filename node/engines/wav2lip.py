@@ -22,7 +22,7 @@ from node.avatars import BaseVideo
 from node.config import Settings
 from node.device import Placement, choose_placement
 from node.engines.base import Speech
-from node.engines.face_track import CROP_SIZE, FaceDetector, load_or_prepare
+from node.engines.face_track import CROP_SIZE, FaceDetector, load_or_prepare, s3fd_identity
 from node.engines.speech_activity import frame_energy, mouth_weights
 from node.weights import LICENCES, missing_weights_reason, wav2lip_checkpoint
 
@@ -81,8 +81,7 @@ class Wav2LipEngine:
         """What the cached face tracks are keyed on: the injected detector's id, or the S3FD file."""
         if self._detector is not None:
             return self._detector_id or "injected"
-        stat = (self.weights_dir / "s3fd.pth").stat()
-        return f"s3fd:{stat.st_size}:{stat.st_mtime_ns}"
+        return s3fd_identity(self.weights_dir / "s3fd.pth")
 
     def _load_detector(self) -> FaceDetector:
         """S3FD, loaded on the first avatar that needs preparing (a warm node never loads it)."""

@@ -53,6 +53,9 @@ class FixedScores:
                 outer.frames = self.frames
                 return {"distance": 0.5, "confidence": confidence, "offset_frames": offset, "windows": 1,
                         "scorer": "fixed"}
+
+            def close(self):
+                pass
         return Monitor()
 
 
@@ -218,3 +221,35 @@ def test_a_scoring_failure_never_costs_the_render():
     for _ in range(3):
         monitor.add(frames)  # the second batch raises on the scorer's thread: nothing reaches here
     assert monitor.result() == {"skipped": "scoring failed: RuntimeError", "scorer": SCORER}
+
+
+def test_a_failing_step_leaves_no_scoring_thread(tmp_path, settings, ffprobe):
+    # Given a first engine that fails after its first batch, scored by real monitors
+    from node.errors import RenderFailed
+    from node.sync import SyncMonitor
+
+    class FailingEngine(NamedMock):
+        def frames(self, base, speech, frame_count, batch_size, report=None):
+            yield base.take(base.pingpong_indices(batch_size))
+            raise RenderFailed("the engine broke", code="engine_broke")
+
+    class RealMonitors:
+        made: list = []
+
+        def unavailable_reason(self):
+            return None
+
+        def monitor(self, base, speech, frame_count, *, aligned):
+            self.made.append(SyncMonitor(RecordingAccumulator(), None, None, detect=lambda f: [None] * len(f)))
+            return self.made[-1]
+
+    s = settings.model_copy(update={"lipsync_engine_order": "first,second", "lipsync_batch_size": 4})
+    renderer = Renderer(s, engines={"first": FailingEngine("first"), "second": NamedMock("second")})
+    renderer.sync = monitors = RealMonitors()
+    # When the chain moves past the failure
+    result, _ = render(renderer, tmp_path)
+    # Then the second engine's output is the result, and each step's scoring thread was stopped
+    # when its step ended (the failed one's too), not left to the garbage collector
+    assert [a.code for a in result.attempts if a.stage == "lipsync"] == ["engine_broke", None]
+    assert result.extra["sync"]["skipped"] == "no 5-frame window with a face to score"
+    assert len(monitors.made) == 2 and all(m._pool._shutdown for m in monitors.made)
