@@ -37,9 +37,9 @@ def node_health(settings: Settings) -> dict:
     engines = build_local_engines(settings)
     for name, engine in engines.items():
         row = _row("engine", name, engine.unavailable_reason(), engine.licence)
-        note = getattr(engine, "readiness_note", None)
-        if row["ready"] and note and note():  # e.g. musetalk: "DWPose absent: S3FD boxes"
-            row["note"] = note()
+        note = engine.readiness_note() if row["ready"] and hasattr(engine, "readiness_note") else None
+        if note:  # e.g. musetalk: "DWPose absent: S3FD boxes"
+            row["note"] = note
         components.append(row)
     components.append(_row("sync", "syncnet_expert", SyncScoring(settings).unavailable_reason(),
                            LICENCES["wav2lip"] + "; scoring only"))

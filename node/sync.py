@@ -1,6 +1,7 @@
 """Sync confidence of every lip-synced render, from the Wav2Lip SyncNet expert (issue: LSE-D/C).
 
-    SyncScoring    once per process: the expert (`lipsync_expert.pth`) and S3FD, loaded lazily;
+    SyncScoring    once per process: the expert (`lipsync_expert.pth`), loaded on the first scored
+                   render, and S3FD (shared with the engines) only when faces must be found;
                    `monitor(...)` gives one render's monitor, or says why scoring is skipped
     SyncMonitor    fed every batch of output frames as the pipeline encodes it; crops each frame's
                    face at 96x96 (the expert's input) and embeds it; `result()` gives the score
@@ -34,7 +35,7 @@ from node.avatars import BaseVideo
 from node.config import Settings
 from node.engines.base import Speech
 from node.engines.face_track import (CROP_SIZE, FaceTrack, detect_scaled, load_or_prepare, pad_and_clip,
-                                     s3fd_identity)
+                                     s3fd_detector, s3fd_identity)
 from node.errors import MediaError
 from node.media import ffmpeg_binary, probe
 from providers import metrics
@@ -53,7 +54,7 @@ class SyncScoring:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.weights_dir = Path(settings.weights_dir)
-        self._expert = self._s3fd = None
+        self._expert = None
         self._device = "cpu"
         self._lock = threading.Lock()
 
@@ -72,22 +73,20 @@ class SyncScoring:
                 return
             import torch
 
-            from models.face.s3fd import load_s3fd
             from models.wav2lip import load_syncnet
             from models.wav2lip.conv import fold_batchnorm
             from node.device import choose_placement
 
             self._device = choose_placement(self.settings.torch_device).device
-            self._s3fd = load_s3fd(self.weights_dir / DETECTOR, self._device)
             # BatchNorm folded into the convolutions and channels-last, as the Wav2Lip engine runs
             # its generator (1.27x for the expert's face encoder on a 2-core EPYC)
             expert = fold_batchnorm(load_syncnet(self.weights_dir / EXPERT, self._device))
             self._expert = expert.to(memory_format=torch.channels_last)
 
-    def _detect(self, frames: np.ndarray) -> list:
-        from models.face.s3fd import best_boxes, detect
-
-        return best_boxes(detect(self._s3fd, frames))
+    def _detector(self):
+        """S3FD, shared with the engines; loaded only when faces must be found (a cold avatar, or
+        a remote provider's video), never for a warm local render."""
+        return s3fd_detector(self.weights_dir / DETECTOR, self._device)
 
     def monitor(self, base: BaseVideo, speech: Speech, frame_count: int, *, aligned: bool) -> "SyncMonitor":
         """A monitor for one render of `frame_count` frames. `aligned`: frame k is base frame
@@ -102,10 +101,10 @@ class SyncScoring:
                                       window_stride=self.settings.sync_window_stride)
         track = None
         if aligned:
-            track = load_or_prepare(base, lambda: self._detect, s3fd_identity(self.weights_dir / DETECTOR),
+            track = load_or_prepare(base, self._detector, s3fd_identity(self.weights_dir / DETECTOR),
                                     self.settings.avatar_cache_dir)  # the Wav2Lip engine's track
         return SyncMonitor(accumulator, track, base.pingpong_indices(frame_count) if aligned else None,
-                           None if aligned else self._detect)
+                           None if aligned else self._detector())
 
 
 class SyncMonitor:

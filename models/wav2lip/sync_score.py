@@ -82,7 +82,6 @@ CROP_SIZE = 96  # generator crop side, pixels
 HALF = CROP_SIZE // 2  # 48: the expert sees rows 48-95
 FACE_CHANNELS = 3 * VIDEO_WINDOW  # 15
 MEL_SHAPE = (80, 16)  # (n_mels, mel_step_size) of one audio window
-EMBED_DIM = 512
 
 # uint8 -> float32 exactly as the official pipeline does it: x / 255. in float64, then float32
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)

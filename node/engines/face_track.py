@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -61,6 +62,24 @@ def s3fd_identity(weights_path: Path) -> str:
     Wav2Lip engine and the sync scorer share an avatar's track through it."""
     stat = Path(weights_path).stat()
     return f"s3fd:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+_S3FD_NETS: dict[tuple[str, str], object] = {}
+_S3FD_LOCK = threading.Lock()
+
+
+def s3fd_detector(weights_path: Path, device: str) -> FaceDetector:
+    """A FaceDetector over the S3FD file at `weights_path`, loaded once per process and device:
+    the Wav2Lip engine, the MuseTalk engine and the sync scorer share one network (loaded only when
+    an avatar needs detecting, so a warm node never loads it)."""
+    from models.face.s3fd import best_boxes, detect, load_s3fd
+
+    key = (s3fd_identity(weights_path), str(device))
+    with _S3FD_LOCK:
+        if key not in _S3FD_NETS:
+            _S3FD_NETS[key] = load_s3fd(weights_path, device)
+        net = _S3FD_NETS[key]
+    return lambda frames: best_boxes(detect(net, frames))
 
 
 def track_path(cache_dir: Path, base: BaseVideo, detector_id: str) -> Path:

@@ -28,7 +28,7 @@ from node.avatars import BaseVideo
 from node.config import Settings
 from node.device import Placement, choose_placement
 from node.engines.base import Speech
-from node.engines.face_track import FaceDetector
+from node.engines.face_track import FaceDetector, s3fd_detector
 from node.engines.musetalk_prep import PreparedAvatar, PrepTools, load_or_prepare
 from node.engines.speech_activity import frame_energy, mouth_weights
 from node.weights import DWPOSE, LICENCES, missing_weights_reason, present_path
@@ -85,7 +85,7 @@ class MuseTalkEngine:
         self._detector, self._detector_id = detector, detector_id
         self._injected_parser, self._parser_id = parser, parser_id
         self._unet = self._vae = self._whisper = self._pe = None
-        self._s3fd = self._dwpose = self._parser = None
+        self._dwpose = self._parser = None
         self._placement: Placement | None = None
         self._lock = threading.Lock()  # one load, even with several jobs in threads
         #: seconds per stage of the last job (the bench reads it; on CUDA the UNet's kernels may
@@ -160,14 +160,11 @@ class MuseTalkEngine:
         """The detector, DWPose, parser and VAE encoder, loaded on the first avatar that needs them."""
         import torch
 
-        from models.face.s3fd import best_boxes, detect, load_s3fd
         from models.musetalk.face_box import face_landmarks
         from models.musetalk.face_parsing import FaceParser, load_bisenet
 
         device = self._placement.device
         with self._lock:
-            if self._detector is None and self._s3fd is None:
-                self._s3fd = load_s3fd(self.weights_dir / "s3fd.pth", device)
             if self._dwpose is None and self._dwpose_usable():
                 from models.face.dwpose import load_dwpose
 
@@ -176,7 +173,7 @@ class MuseTalkEngine:
                 self._parser = self._injected_parser
             elif self._parser is None:
                 self._parser = FaceParser(load_bisenet(self.weights_dir / BISENET, device=device))
-        detector = self._detector or (lambda frames: best_boxes(detect(self._s3fd, frames)))
+        detector = self._detector or s3fd_detector(self.weights_dir / "s3fd.pth", device)
         dwpose = self._dwpose
         landmarks = (lambda frame: face_landmarks(dwpose(frame)[0])) if dwpose is not None else None
 

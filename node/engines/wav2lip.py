@@ -22,7 +22,7 @@ from node.avatars import BaseVideo
 from node.config import Settings
 from node.device import Placement, choose_placement
 from node.engines.base import Speech
-from node.engines.face_track import CROP_SIZE, FaceDetector, load_or_prepare, s3fd_identity
+from node.engines.face_track import CROP_SIZE, FaceDetector, load_or_prepare, s3fd_detector, s3fd_identity
 from node.engines.speech_activity import frame_energy, mouth_weights
 from node.weights import LICENCES, missing_weights_reason, wav2lip_checkpoint
 
@@ -50,7 +50,6 @@ class Wav2LipEngine:
         self._device_setting = settings.torch_device
         self._detector, self._detector_id = detector, detector_id
         self._model = None
-        self._s3fd = None
         self._placement: Placement | None = None
         self._lock = threading.Lock()  # one load, even with several jobs in threads
 
@@ -87,12 +86,7 @@ class Wav2LipEngine:
         """S3FD, loaded on the first avatar that needs preparing (a warm node never loads it)."""
         if self._detector is not None:
             return self._detector
-        from models.face.s3fd import best_boxes, detect, load_s3fd
-
-        with self._lock:
-            if self._s3fd is None:
-                self._s3fd = load_s3fd(self.weights_dir / "s3fd.pth", self._placement.device)
-        return lambda frames: best_boxes(detect(self._s3fd, frames))
+        return s3fd_detector(self.weights_dir / "s3fd.pth", self._placement.device)
 
     def prepare(self, base: BaseVideo):
         """Build (or read) the avatar's cached face track; `avatar prepare` calls this ahead of time."""

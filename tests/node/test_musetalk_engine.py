@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from node.avatars import BaseVideo, resolve_avatar
 from node.chain import plan_steps
 from node.engines import build_local_engines
-from node.engines.base import Speech
 from node.engines.face_track import FaceTrack
 from node.engines.face_track import load_or_prepare as load_face_track
 from node.engines.musetalk import AudioWindows, MuseTalkEngine
 from node.engines.musetalk_prep import cache_folder
 from node.health import node_health
 from node.job import parse_job
-from node.media import decode_audio, probe
 from node.pipeline import Renderer
 from node.weights import DWPOSE
 from tests.checkpoints import random_state_dict, save
@@ -33,6 +30,7 @@ from tests.models.face.build_dwpose import build_dwpose_onnx
 from tests.models.musetalk.build_bisenet import build_bisenet
 from tests.models.musetalk.build_unet_vae import build_unet, build_vae_dir
 from tests.models.musetalk.build_whisper import build_whisper_dir
+from tests.node.engine_checks import assert_pauses_keep_the_source_mouth, open_base, speech_of
 from tests.node.test_render import assert_output_contract
 
 BOX = (40, 30, 120, 100)  # x1, y1, x2, y2 in the 160x120 test video
@@ -104,15 +102,6 @@ def engine_for(settings, weights_dir, detector=None, parser="stub"):
     parser = CountingParser() if parser == "stub" else parser
     return MuseTalkEngine(s, detector=detector or CountingDetector(), detector_id="fixed-box",
                           parser=parser, parser_id="skin")
-
-
-def open_base(path, settings) -> BaseVideo:
-    return BaseVideo.open(resolve_avatar(str(path)), probe(path).video, settings.avatar_cache_dir)
-
-
-def speech_of(path) -> Speech:
-    samples = decode_audio(path)
-    return Speech(path, samples, len(samples) / 16000, "upload")
 
 
 def full_frame_alpha(avatar, i, height, width) -> np.ndarray:
@@ -227,17 +216,8 @@ def test_faceless_frames_pass_through_in_pingpong_order(tmp_path, settings, weig
 
 
 def test_pauses_keep_the_source_mouth(tmp_path, settings, weights_dir, ffprobe):
-    # Given speech with a 0.6 s pause (0.4-1.0 s), longer than the 0.2 s threshold
     base = open_base(make_video(tmp_path / "a.mp4", seconds=0.2), settings)
-    engine = engine_for(settings, weights_dir)
-    speech = speech_of(make_speech(tmp_path / "s.wav", 1.4, bursts=[(0.0, 0.4), (1.0, 1.4)]))
-    report = {}
-    out = np.concatenate(list(engine.frames(base, speech, 35, 8, report)))
-    src = base.take(base.pingpong_indices(35))
-    same = [np.array_equal(out[k], src[k]) for k in range(35)]
-    # Then the middle of the pause is the source, speech is generated, and the edges fade
-    assert all(same[14:21]) and not any(same[:8]) and not any(same[27:])
-    assert report["source_mouth_s"] >= 0.2
+    assert_pauses_keep_the_source_mouth(engine_for(settings, weights_dir), base, tmp_path)
 
 
 def test_second_job_runs_no_preparation(tmp_path, settings, weights_dir, ffprobe, monkeypatch):

@@ -7,15 +7,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from node.avatars import BaseVideo, resolve_avatar
-from node.engines.base import Speech
 from node.engines.face_track import CROP_SIZE
 from node.engines.wav2lip import Wav2LipEngine, generator_input
 from node.job import parse_job
-from node.media import decode_audio, probe
 from node.pipeline import Renderer
 from tests.checkpoints import random_state_dict, save, training_container
 from tests.conftest import make_speech, make_video
+from tests.node.engine_checks import assert_pauses_keep_the_source_mouth, open_base, speech_of
 from tests.node.test_render import assert_output_contract
 
 BOX = (40, 30, 120, 110)  # x1, y1, x2, y2 in the 160x120 test video
@@ -49,16 +47,6 @@ class CountingDetector:
 def engine_for(settings, weights_dir, detector=None):
     s = settings.model_copy(update={"weights_dir": weights_dir})
     return Wav2LipEngine(s, detector=detector, detector_id="fixed-box" if detector else None)
-
-
-def open_base(path, settings) -> BaseVideo:
-    source = resolve_avatar(str(path))
-    return BaseVideo.open(source, probe(path).video, settings.avatar_cache_dir)
-
-
-def speech_of(path) -> Speech:
-    samples = decode_audio(path)
-    return Speech(path, samples, len(samples) / 16000, "upload")
 
 
 def test_generator_input_layout():
@@ -122,17 +110,8 @@ def test_faceless_frames_pass_through_and_are_reported(tmp_path, settings, weigh
 
 
 def test_pauses_keep_the_source_mouth(tmp_path, settings, weights_dir, ffprobe):
-    # Given speech with a 0.6 s pause (0.4-1.0 s), longer than the 0.2 s threshold
     base = open_base(make_video(tmp_path / "a.mp4", seconds=0.4), settings)
-    engine = engine_for(settings, weights_dir, CountingDetector())
-    speech = speech_of(make_speech(tmp_path / "s.wav", 1.4, bursts=[(0.0, 0.4), (1.0, 1.4)]))
-    report = {}
-    out = np.concatenate(list(engine.frames(base, speech, 35, 8, report)))
-    src = base.take(base.pingpong_indices(35))
-    same = [np.array_equal(out[k], src[k]) for k in range(35)]
-    # Then the middle of the pause is the source, speech is generated, and the edges fade
-    assert all(same[14:21]) and not any(same[:8]) and not any(same[27:])
-    assert report["source_mouth_s"] >= 0.2
+    assert_pauses_keep_the_source_mouth(engine_for(settings, weights_dir, CountingDetector()), base, tmp_path)
 
 
 def test_second_job_on_the_same_avatar_skips_detection(tmp_path, settings, weights_dir, ffprobe):
