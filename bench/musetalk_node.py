@@ -91,7 +91,7 @@ def stage_figures(engine, base, speech, batch: int, encoder_settings) -> dict:
     ctx = audio(np.arange(len(audio)))
     windows_ms = (time.perf_counter() - t0) * 1000 / len(audio)
     ctx = ctx[:batch]
-    latents = np.ascontiguousarray(avatar.latents[idx])
+    latents = engine._latents(avatar, idx)
     unet_s = timed(lambda: engine._denoise(latents, ctx), 3)
     pred = engine._denoise(latents, ctx)
     decode_s = timed(lambda: engine._vae.decode_bgr(pred), 3)
@@ -289,7 +289,7 @@ def gpu_section(args) -> None:
         audio = AudioWindows(engine._whisper, samples, FPS)
         for batch in args.batches:
             idx = np.arange(batch) % len(avatar)
-            latents = np.ascontiguousarray(avatar.latents[idx])
+            latents = engine._latents(avatar, idx)
             ctx = audio(np.arange(batch))
             unet_s = timed(lambda lat=latents, c=ctx: engine._denoise(lat, c), 5, sync)
             pred = engine._denoise(latents, ctx)
@@ -314,7 +314,7 @@ def gpu_section(args) -> None:
                 engine._vae.vae.decoder = torch.compile(decoder)
                 for batch in (32, 64):
                     idx = np.arange(batch) % len(avatar)
-                    pred = engine._denoise(np.ascontiguousarray(avatar.latents[idx]), audio(np.arange(batch)))
+                    pred = engine._denoise(engine._latents(avatar, idx), audio(np.arange(batch)))
                     t0 = time.perf_counter()
                     engine._vae.decode_bgr(pred)
                     sync()

@@ -22,6 +22,7 @@ import numpy as np
 
 from node.errors import InvalidInput, MediaError
 from node.media import IMAGE_SUFFIXES, VideoInfo, iter_video_frames
+from node.once import one_at_a_time
 
 BUNDLED_DIR = Path(__file__).parent / "assets" / "avatars"
 AVATAR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -122,8 +123,9 @@ class BaseVideo:
         key = _content_key(source.path, info)
         folder = Path(cache_dir) / key
         meta_path = folder / "frames.json"
-        if not meta_path.is_file():
-            _decode_into(source.path, info, folder)
+        with one_at_a_time(f"frames:{key}"):
+            if not meta_path.is_file():
+                _decode_into(source.path, info, folder)
         meta = json.loads(meta_path.read_text())
         return cls(source, info, folder / "frames.u8", meta["frames"], meta["width"], meta["height"])
 

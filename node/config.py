@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     #: Decoded base videos and per-avatar preparation, keyed by content hash.
     avatar_cache_dir: Path = _CACHE_ROOT / "avatars"
     audio_cache_dir: Path = _CACHE_ROOT / "audio"
+    #: Artefacts derived from weight files (ONNX exports of the Wav2Lip generator), keyed by the
+    #: weight file's hash: made once per checkpoint, never edited by hand.
+    model_cache_dir: Path = _CACHE_ROOT / "models"
     #: MiB; least-recently-used entries are evicted past this.
     audio_cache_max_size_mb: int = Field(default=512, ge=1)
     storage_type: Literal["local", "s3"] = "local"
@@ -83,6 +86,9 @@ class Settings(BaseSettings):
     #: Frames per Wav2Lip generator call, if not LIPSYNC_BATCH_SIZE (the official default is 128);
     #: when set, Wav2Lip renders yield and are drain-checked every this many frames instead.
     wav2lip_batch_size: Optional[int] = Field(default=None, ge=1)
+    #: Where the Wav2Lip generator runs: auto (the documented rule in node/engines/wav2lip.py),
+    #: torch, or onnxruntime (an ONNX export of the checkpoint, cached in MODEL_CACHE_DIR).
+    wav2lip_backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     #: Frames per MuseTalk UNet + VAE-decode call, if not LIPSYNC_BATCH_SIZE; same rule.
     musetalk_batch_size: Optional[int] = Field(default=None, ge=1)
     #: Blur kernel of MuseTalk's blend mask as a fraction of the crop side: 0.05 as the official
@@ -115,6 +121,9 @@ class Settings(BaseSettings):
     video_encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     video_crf: int = Field(default=23, ge=0, le=51)
     x264_preset: str = "medium"
+    #: libx264 threads per encode; unset = this slot's share of the CPU cores (cores / slots), so
+    #: several jobs side by side do not each spawn a thread per core.
+    x264_threads: Optional[int] = Field(default=None, ge=1, le=64)
     audio_bitrate_kbps: int = 128
     ffmpeg_binary: str | None = None
     ffprobe_binary: str | None = None
@@ -181,6 +190,10 @@ class Settings(BaseSettings):
     #: seconds between progress writes (and progress webhooks) of a running job; at least 1 s
     #: for webhooks whatever this says.
     progress_interval_s: float = Field(default=1.0, gt=0)
+    #: Jobs a worker renders at once (`worker --concurrency` wins); unset = derived from the
+    #: node (node/slots.py): one per GPU with NVENC, else one per CPU_CORES_PER_SLOT cores of each
+    #: GPU's share, up to MAX_SLOTS_PER_GPU, since libx264 bounds a GPU node.
+    render_slots: Optional[int] = Field(default=None, ge=1, le=64)
     #: Names this node in leases and attempt records; default hostname-pid.
     node_id: str | None = None
     #: Signs webhook bodies (HMAC-SHA256 header); unset = webhooks are sent unsigned.

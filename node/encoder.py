@@ -85,7 +85,9 @@ def choose_encoder(setting: str, nvenc_probe: Callable[[], bool] = probe_nvenc) 
     return EncoderChoice("libx264", why)
 
 
-def codec_options(codec: str, crf: int, preset: str) -> dict[str, object]:
+def codec_options(codec: str, crf: int, preset: str, threads: int | None = None) -> dict[str, object]:
+    """ffmpeg output options; `threads` caps libx264's threads (a render slot's share of the cores:
+    unset, x264 starts 1.5 per core for every one of several encodes side by side)."""
     common = {"profile:v": "high", "level:v": "4.0", "pix_fmt": "yuv420p",
               "maxrate": f"{LEVEL_40_HIGH_MAX_BITRATE_KBPS}k", "bufsize": f"{LEVEL_40_HIGH_MAX_CPB_KBITS}k"}
     if codec == "h264_nvenc":
@@ -93,7 +95,8 @@ def codec_options(codec: str, crf: int, preset: str) -> dict[str, object]:
         return {"vcodec": "h264_nvenc", "rc:v": "vbr", "cq:v": crf, "b:v": 0, "preset": "p5", **common}
     # x264 signals the lowest profile its tools need, so a fast preset (no 8x8 transform) would
     # come out Constrained Baseline despite `-profile:v high`; the 8x8 transform is High-only.
-    return {"vcodec": "libx264", "crf": crf, "preset": preset, "x264-params": "8x8dct=1", **common}
+    x264 = {"vcodec": "libx264", "crf": crf, "preset": preset, "x264-params": "8x8dct=1", **common}
+    return x264 | ({"threads": threads} if threads else {})
 
 
 class VideoEncoder:
@@ -109,7 +112,7 @@ class VideoEncoder:
 
     def __init__(self, output: Path, width: int, height: int, fps: Fraction, audio: Path,
                  duration_s: float, *, codec: str = "libx264", crf: int = 23, preset: str = "medium",
-                 audio_bitrate_kbps: int = 128):
+                 threads: int | None = None, audio_bitrate_kbps: int = 128):
         self.output = Path(output)
         self.width, self.height, self.fps = width, height, Fraction(fps)
         self.frames_written = 0
@@ -123,7 +126,7 @@ class VideoEncoder:
         stream = ffmpeg.output(
             video, sound, str(self._partial), format="mp4", t=f"{duration_s:.6f}",
             acodec="aac", **{"b:a": f"{audio_bitrate_kbps}k"}, movflags="+faststart",
-            **codec_options(codec, crf, preset),
+            **codec_options(codec, crf, preset, threads),
         ).global_args("-hide_banner", "-nostats", "-loglevel", "error").overwrite_output()
         self.args = stream.compile(cmd=ffmpeg_binary())
         self.output.parent.mkdir(parents=True, exist_ok=True)

@@ -50,36 +50,16 @@ def _guard(fn, as_json: bool = False):
 # --- worker -----------------------------------------------------------------------------------------
 
 
-def gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # no torch, or a CUDA driver problem: no GPU to place slots on
-        return 0
-
-
-def default_concurrency() -> int:
-    """One job per GPU; 1 without CUDA."""
-    return max(1, gpu_count())
-
-
-def slot_devices(setting: str, slots: int, gpus: int) -> list[str]:
-    """TORCH_DEVICE for each slot's Renderer: GPU i for slot i (round robin) when the setting is
-    auto and there is more than one GPU; otherwise one shared Renderer on `setting`."""
-    if setting != "auto" or gpus <= 1:
-        return [setting]
-    return [f"cuda:{i % gpus}" for i in range(min(slots, gpus))]
-
-
-def slot_renderers(settings, devices: list[str], generations=None) -> list:
-    """One Renderer per device, all sharing the process's one provider set: a provider's
-    concurrency slots and circuit breaker are per process, whatever the number of GPUs."""
+def slot_renderers(settings, plan, generations=None, encoder=None) -> list:
+    """One Renderer per device of the slot plan (node/slots.py), all sharing the process's one
+    provider set: a provider's concurrency slots and circuit breaker are per process, whatever the
+    number of GPUs. Every Renderer's encodes get the plan's x264 thread share."""
     from node.pipeline import Renderer
     from node.provider_set import build_providers
 
     providers = build_providers(settings, store=generations)
-    return [Renderer(settings.model_copy(update={"torch_device": d}), providers=providers) for d in devices]
+    return [Renderer(settings.model_copy(update={"torch_device": d, "x264_threads": plan.x264_threads}),
+                     providers=providers, encoder=encoder) for d in plan.devices]
 
 
 def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=()) -> int:
@@ -123,7 +103,7 @@ def run_worker(settings, render, *, concurrency: int, node_id: str | None = None
 
 
 def worker(
-    concurrency: Optional[int] = typer.Option(None, min=1, help="Jobs at once (default: one per GPU)."),
+    concurrency: Optional[int] = typer.Option(None, min=1, help="Jobs at once (default: RENDER_SLOTS, else derived from cores, GPUs and encoder)."),
     node_id: Optional[str] = typer.Option(None, "--node-id", help="Name in leases and attempts (default NODE_ID "
                                           "or hostname-pid)."),
 ) -> None:
@@ -140,13 +120,20 @@ def worker(
         hooks.append(PrometheusHooks())
     # Built once: models stay loaded for every job. Provider generation ids live on the job
     # record, so a retry on another node resumes a remote generation instead of paying twice.
-    # With several GPUs and TORCH_DEVICE=auto, slot i gets a Renderer on GPU i (one job per GPU).
-    slots = concurrency or default_concurrency()
-    renderers = slot_renderers(settings, slot_devices(settings.torch_device, slots, gpu_count()),
-                               RedisGenerationStore(settings))
-    log.info("batches: %s", renderers[0].batch_summary())
+    # The slot plan: several jobs per GPU while libx264 bounds the node, one Renderer per GPU.
+    from node.encoder import choose_encoder
+    from node.slots import available_cores, gpu_count, plan_slots
+
+    encoder = choose_encoder(settings.video_encoder)
+    plan = plan_slots(cores=available_cores(), gpus=gpu_count(), codec=encoder.codec,
+                      torch_device=settings.torch_device, slots=concurrency or settings.render_slots,
+                      x264_threads=settings.x264_threads)
+    log.info("slots: %d on %s, x264 threads %s each (%s)", plan.slots, ", ".join(plan.devices),
+             plan.x264_threads or "ffmpeg's default", plan.reason)
+    renderers = slot_renderers(settings, plan, RedisGenerationStore(settings), encoder)
+    log.info("encoder: %s (%s); batches: %s", encoder.codec, encoder.reason, renderers[0].batch_summary())
     render = [renderer_render(r) for r in renderers]
-    raise typer.Exit(run_worker(settings, render, concurrency=slots, node_id=node_id, hooks=hooks))
+    raise typer.Exit(run_worker(settings, render, concurrency=plan.slots, node_id=node_id, hooks=hooks))
 
 
 # --- submit and status ---------------------------------------------------------------------------------

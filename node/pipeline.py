@@ -313,7 +313,8 @@ class Renderer:
         s = self.settings
         encoder = VideoEncoder(output, rendition.width, rendition.height, rendition.fps, speech.path,
                                speech.duration_s, codec=self.encoder.codec, crf=s.video_crf,
-                               preset=s.x264_preset, audio_bitrate_kbps=s.audio_bitrate_kbps)
+                               preset=s.x264_preset, threads=s.x264_threads,
+                               audio_bitrate_kbps=s.audio_bitrate_kbps)
         produce_s = sync_s = 0.0
         with encoder:
             batches = iter(rendition.batches)

@@ -50,28 +50,3 @@ def test_an_unexpected_exception_is_transient_and_named():
 
 def test_cancelled_is_never_permanent():
     assert JobError.of(Cancelled("stopped")).retryable
-
-
-def test_slots_get_one_gpu_each_when_there_are_several():
-    from node.fleet_cli import slot_devices
-
-    assert slot_devices("auto", 4, 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert slot_devices("auto", 2, 8) == ["cuda:0", "cuda:1"]
-    assert slot_devices("auto", 3, 2) == ["cuda:0", "cuda:1"]  # slot 2 shares GPU 0's renderer
-    assert slot_devices("auto", 1, 0) == ["auto"] and slot_devices("auto", 2, 1) == ["auto"]
-    assert slot_devices("cpu", 4, 4) == ["cpu"]  # an explicit device is shared by every slot
-
-
-def test_a_multi_gpu_worker_shares_one_provider_set(settings):
-    # Given a worker with one render slot per GPU on a 2-GPU node
-    from node.fleet_cli import slot_renderers
-
-    renderers = slot_renderers(settings, ["cuda:0", "cuda:1"])
-    # Then each slot renders on its own GPU ...
-    assert [r.settings.torch_device for r in renderers] == ["cuda:0", "cuda:1"]
-    # ... but every provider client (its concurrency slots, its circuit breaker) is the process's one
-    first, second = renderers
-    for name, client in first.remote.items():
-        assert second.remote[name] is client, name
-    assert [t.name for t in first.tts] == [t.name for t in second.tts]
-    assert all(a is b for a, b in zip(first.tts, second.tts))

@@ -50,3 +50,29 @@ def test_second_open_reuses_the_decoded_cache(tmp_path, ffprobe, monkeypatch):
     second = BaseVideo.open(src, info, tmp_path / "cache")
     assert second.key == first.key
     assert np.array_equal(first.take(range(10)), second.take(range(10)))
+
+
+def test_slots_opening_a_new_avatar_at_once_decode_it_once(tmp_path, ffprobe, monkeypatch):
+    # Given four render slots that meet the same new avatar at the same moment
+    import threading
+
+    video = make_video(tmp_path / "same.mp4", seconds=0.4)
+    src = resolve_avatar(str(video))
+    info = probe(video).video
+    decodes, real_decode = [], avatars._decode_into
+    monkeypatch.setattr(avatars, "_decode_into", lambda *a: (decodes.append(a), real_decode(*a)))
+    start, opened = threading.Barrier(4), []
+
+    def open_it():
+        start.wait()
+        opened.append(BaseVideo.open(src, info, tmp_path / "cache"))
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Then one slot decodes, the others wait and read its cache, and every frame is whole
+    assert len(decodes) == 1 and len(opened) == 4
+    first = opened[0].take(range(len(opened[0])))
+    assert all(np.array_equal(o.take(range(len(o))), first) for o in opened[1:])
