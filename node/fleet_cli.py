@@ -20,6 +20,7 @@ import typer
 from node.cli_common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, load_settings
 from node.errors import InvalidInput, LipsyncError
 from node.job import Engine, Strategy
+from node.lanes import Priority
 from node.records import JobRecord, JobState, iso_ms
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def slot_renderers(settings, plan, generations=None, encoder=None) -> list:
 
 def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=()) -> int:
     """Run a worker until SIGTERM/SIGINT, then drain; returns the process exit code (0)."""
-    from node.queue import RedisQueue, redact_url
+    from node.queue import RedisQueue
+    from node.redis_conn import redact_url
     from node.webhooks import WebhookSender
     from node.worker import Worker
 
@@ -149,6 +151,8 @@ def submit(
     video_id: Optional[str] = typer.Option(None, "--video-id", help="Job id (default: generated)."),
     idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="Same key, same job."),
     webhook_url: Optional[str] = typer.Option(None, "--webhook-url", help="POSTed the final status."),
+    priority: Optional[Priority] = typer.Option(None, help="Lane: rush is claimed first, bulk is never starved "
+                                                "(default normal)."),
     wait: bool = typer.Option(False, "--wait", help="Block until the job ends; exit like `render`."),
     timeout: Optional[float] = typer.Option(None, help="With --wait: give up after this many seconds (exit 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -160,7 +164,8 @@ def submit(
         avatar = str(Path(avatar).resolve())
     request = {"video_id": video_id, "persona": persona, "text": text,
                "audio": str(audio.resolve()) if audio else None, "avatar": avatar, "strategy": strategy.value, "engine": engine.value if engine else None,
-               "webhook_url": webhook_url, "idempotency_key": idempotency_key}
+               "webhook_url": webhook_url, "idempotency_key": idempotency_key,
+               "priority": priority.value if priority else None}
     queue = _guard(lambda: _queue(settings), as_json)
     submitted = _guard(lambda: queue.submit(request), as_json)
     if not wait:
@@ -209,7 +214,8 @@ def status(
 
 
 def format_record(r: JobRecord, max_attempts: int) -> str:
-    lines = [f"video_id   {r.video_id}", f"state      {r.state.value} (attempts {r.attempts} of {max_attempts})"]
+    lines = [f"video_id   {r.video_id}", f"state      {r.state.value} (attempts {r.attempts} of {max_attempts})",
+             f"lane       {r.lane}"]
     if r.progress and r.state is JobState.running:
         p = r.progress
         eta = f", ETA {p['eta_s']:.1f}s" if p.get("eta_s") is not None else ""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from node.errors import InvalidInput
+from node.lanes import Priority
 
 VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_IDEMPOTENCY_KEY_CHARS = 128
@@ -48,6 +49,9 @@ class Job(BaseModel):
     engine: Engine | None = None  # None: LIPSYNC_ENGINE_ORDER
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    #: rush | normal | bulk (node/lanes.py); None is normal and keeps the canonical payload of
+    #: jobs that name no priority what it was before lanes existed.
+    priority: Priority | None = None
 
     @field_validator("video_id")
     @classmethod
@@ -104,7 +108,7 @@ class Job(BaseModel):
 _FIELD_CODES = {"strategy": "invalid_strategy", "engine": "invalid_engine", "video_id": "invalid_video_id",
                 "persona": "invalid_persona", "text": "invalid_text", "audio": "invalid_audio",
                 "avatar": "invalid_avatar", "webhook_url": "invalid_webhook_url",
-                "idempotency_key": "invalid_idempotency_key"}
+                "idempotency_key": "invalid_idempotency_key", "priority": "invalid_priority"}
 
 
 # The codes our own validators raise (PydanticCustomError types).

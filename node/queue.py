@@ -2,7 +2,10 @@
 
 Key schema (every key starts with REDIS_KEY_PREFIX, `p` below):
 
-    {p}stream            stream  entries {payload: job JSON}, read by the consumer group "nodes"
+    {p}stream            stream  entries {payload: job JSON} of the normal lane, read by the
+                                 consumer group "nodes"
+    {p}stream:rush       stream  the same for the rush and bulk lanes (node/lanes.py)
+    {p}stream:bulk       stream
     {p}job:{video_id}    hash    the job record: state, payload, token, lease, attempt:{token}, ...
     {p}idem:{key}        string  idempotency key -> video_id
     {p}running           zset    video_id -> lease expiry (ms)
@@ -23,23 +26,22 @@ QueueUnavailable; JobConflict and JobNotFound are the queue's InvalidInput cases
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
-from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from node.config import Settings
-from node.errors import BrokerError, InvalidInput, JobConflict, JobNotFound, QueueUnavailable
+from node.entries import canonical_payload, idempotent_video_id
+from node.errors import InvalidInput, JobConflict, JobNotFound
 from node.job import Job, parse_job
+from node.redis_conn import connect, redis_errors
+from node.lanes import LANES, Priority, lane_of, lane_order
 from node.records import JobRecord
 
 #: The consumer group every node reads the stream with.
@@ -47,7 +49,7 @@ GROUP = "nodes"
 #: bytes of a malformed entry kept in its dead-letter record.
 DEAD_ENTRY_KEEP_BYTES = 4096
 
-_SCRIPT_NAMES = ("submit", "claim", "heartbeat", "finish", "promote", "dead_letter", "unread",
+_SCRIPT_NAMES = ("read", "submit", "claim", "heartbeat", "finish", "promote", "dead_letter", "unread",
                  "dlq_retry", "delete_job", "trim_stream")
 # Read once at import; registered once per queue (redis-py reloads them after a Redis restart).
 _LUA = {name: resources.files("node").joinpath(f"lua/{name}.lua").read_text() for name in _SCRIPT_NAMES}
@@ -66,6 +68,7 @@ _FENCED = {0: Fenced.refused, 1: Fenced.written, 2: Fenced.replayed}  # the scri
 class Entry:
     entry_id: str
     fields: dict[bytes, bytes]
+    lane: Priority = Priority.normal  # the stream it was read from
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Claim:
     node_id: str
     job: Job
     claimed_at: float  # time.monotonic() when the claim was sent; the lease runs from here
+    lane: Priority = Priority.normal
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class Keys:
         self.prefix = prefix
         self.stream, self.running, self.delayed = f"{prefix}stream", f"{prefix}running", f"{prefix}delayed"
         self.dlq, self.finished, self.refusals = f"{prefix}dlq", f"{prefix}finished", f"{prefix}refusals"
+        # The normal lane keeps the stream name it had before lanes, so entries queued then are read.
+        self.streams = {lane: self.stream if lane is Priority.normal else f"{prefix}stream:{lane.value}"
+                        for lane in LANES}
 
     def job(self, video_id: str) -> str:
         return f"{self.prefix}job:{video_id}"
@@ -111,65 +118,6 @@ class Keys:
         return f"{self.prefix}lock:{name}"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client with explicit timeouts and no hidden retries: the callers decide what to retry,
-    and every script they call is safe to send again."""
-    timeout = settings.redis_socket_timeout_s + settings.queue_block_ms / 1000  # blocking reads
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                socket_connect_timeout=settings.redis_socket_timeout_s,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=30)
-
-
-def redact_url(url: str) -> str:
-    """REDIS_URL for logs: the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise QueueUnavailable(f"Redis unreachable: {type(e).__name__}: {e}") from e
-    except redis.RedisError as e:
-        raise BrokerError(f"Redis error: {type(e).__name__}: {e}") from e
-
-
-def canonical_payload(job: Job) -> str:
-    """The job as the queue stores and compares it: sorted keys, no None fields, no spaces."""
-    return json.dumps(job.model_dump(mode="json", exclude_none=True), sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False)
-
-
-def idempotent_video_id(key: str) -> str:
-    """The video_id a submit with only an idempotency key gets: the same key, the same job."""
-    return "idem_" + hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def decode_entry(fields: dict[bytes, bytes], *, max_payload_bytes: int, max_text_chars: int) -> Job:
-    """The Job in a stream entry, or InvalidInput with the code it is dead-lettered under."""
-    if set(fields) != {b"payload"}:
-        names = ", ".join(sorted(k.decode(errors="replace") for k in fields)) or "none"
-        raise InvalidInput("malformed_entry", f"a queue entry has exactly one field, payload (got: {names[:200]})")
-    raw = fields[b"payload"]
-    if len(raw) > max_payload_bytes:
-        raise InvalidInput("payload_too_large", f"payload is {len(raw)} bytes; the limit is {max_payload_bytes} "
-                           "(QUEUE_MAX_PAYLOAD_BYTES)")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidInput("invalid_json", f"payload is not UTF-8 JSON: {e}"[:300]) from None
-    if isinstance(data, dict) and "video_id" not in data:
-        # parse_job would invent one, and a redelivered entry would then become a second job
-        raise InvalidInput("missing_field", "a queue entry's payload needs a video_id")
-    return parse_job(data, max_text_chars=max_text_chars)
-
-
 class RedisQueue:
     """One fleet's queue on one Redis. Thread-safe (redis-py pools connections)."""
 
@@ -179,20 +127,23 @@ class RedisQueue:
         self.client = client if client is not None else connect(settings)
         self._scripts = {name: self.client.register_script(src) for name, src in _LUA.items()}
         self._group_ready = False
+        self._turns: dict[str, int] = {}  # consumer -> entries it has read (its lane-order turn)
+        self._by_stream = {name.encode(): lane for lane, name in self.keys.streams.items()}
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        with _redis_errors():
+        with redis_errors():
             return self._scripts[name](keys=keys, args=args)
 
     def ensure_group(self) -> None:
-        """Create the stream and its consumer group if missing (from id 0: entries written before
-        the group existed are read too)."""
-        with _redis_errors():
-            try:
-                self.client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        """Create each lane's stream and its consumer group if missing (from id 0: entries written
+        before the group existed are read too)."""
+        with redis_errors():
+            for stream in self.keys.streams.values():
+                try:
+                    self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):
+                        raise
         self._group_ready = True
 
     # --- producers -------------------------------------------------------------------------------
@@ -212,9 +163,10 @@ class RedisQueue:
         if not self._group_ready:
             self.ensure_group()
         sha = hashlib.sha256(payload.encode()).hexdigest()
+        lane = lane_of(job.priority)
         kind, vid, state = _strs(self._run(
-            "submit", [self.keys.job(job.video_id), self.keys.idem(key or ""), self.keys.stream],
-            [job.video_id, payload, sha, key or ""]))
+            "submit", [self.keys.job(job.video_id), self.keys.idem(key or ""), self.keys.streams[lane]],
+            [job.video_id, payload, sha, key or "", lane.value]))
         if kind == "conflict":
             raise JobConflict(f"job {vid!r} already exists ({state}) with a different payload; "
                               "use another video_id or idempotency_key")
@@ -224,54 +176,85 @@ class RedisQueue:
 
     # --- consumers -------------------------------------------------------------------------------
 
-    def read(self, consumer: str, *, block_ms: int, count: int = 1) -> list[Entry]:
-        """New entries for this consumer (XREADGROUP >), waiting up to block_ms for one."""
+    def read(self, consumer: str, *, block_ms: int) -> list[Entry]:
+        """The next new entry for this consumer, lanes looked at in its turn's order (node/lanes.py),
+        waiting up to block_ms for one when every lane is empty."""
         if not self._group_ready:
             self.ensure_group()
-        with _redis_errors():
+        turn = self._turns.get(consumer, 0)
+        order = lane_order(turn)
+        with redis_errors():
             try:
-                reply = self.client.xreadgroup(GROUP, consumer, {self.keys.stream: ">"}, count=count,
-                                               block=block_ms)
+                reply = self._scripts["read"](keys=[self.keys.streams[lane] for lane in order],
+                                              args=[GROUP, consumer])
+                if reply:
+                    entries = [Entry(_str(reply[1]), _pairs(reply[2]), order[int(reply[0]) - 1])]
+                else:  # every lane empty: wait on all of them at once
+                    blocked = self.client.xreadgroup(GROUP, consumer, {self.keys.streams[lane]: ">" for lane in order},
+                                                     count=1, block=block_ms)
+                    entries = [Entry(_str(eid), fields, self._by_stream[_bytes(stream)])
+                               for stream, rows in (blocked or []) for eid, fields in rows]
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
-                self._group_ready = False  # Redis lost its data; recreate the group next time
+                self._group_ready = False  # Redis lost its data; recreate the groups next time
                 return []
-        return [Entry(_str(eid), fields) for _, entries in (reply or []) for eid, fields in entries]
+        if not entries:
+            return []
+        self._turns[consumer] = turn + 1
+        # Entries that reached several lanes during the wait: keep the first in this turn's order,
+        # give the others straight back so other slots need not wait for this one's render.
+        entries.sort(key=lambda e: order.index(e.lane))
+        for extra in entries[1:]:
+            self._give_back(extra)
+        return entries[:1]
 
-    def reclaim(self, consumer: str, *, count: int = 1) -> list[Entry]:
-        """Entries whose holder went silent for a whole lease (XAUTOCLAIM), now this consumer's."""
+    def _give_back(self, entry: Entry) -> None:
+        try:
+            video_id = json.loads(entry.fields[b"payload"])["video_id"]
+        except (KeyError, ValueError, TypeError):
+            return  # malformed: left pending, XAUTOCLAIM brings it to a slot that dead-letters it
+        self.unread(entry, str(video_id))
+
+    def reclaim(self, consumer: str) -> list[Entry]:
+        """An entry whose holder went silent for a whole lease (XAUTOCLAIM), now this consumer's;
+        lanes in priority order."""
         idle_ms = int(self.settings.job_lock_timeout * 1000)
-        with _redis_errors():
-            try:
-                reply = self.client.xautoclaim(self.keys.stream, GROUP, consumer, idle_ms, "0-0", count=count)
-            except redis.ResponseError as e:
-                if "NOGROUP" not in str(e):
-                    raise
-                self._group_ready = False
-                return []
-        # entries trimmed while pending come back as None; trimming never drops pending ones
-        return [Entry(_str(eid), fields) for eid, fields in reply[1] if fields is not None]
+        for lane in LANES:
+            with redis_errors():
+                try:
+                    reply = self.client.xautoclaim(self.keys.streams[lane], GROUP, consumer, idle_ms, "0-0", count=1)
+                except redis.ResponseError as e:
+                    if "NOGROUP" not in str(e):
+                        raise
+                    self._group_ready = False
+                    return []
+            # entries trimmed while pending come back as None; trimming never drops pending ones
+            entries = [Entry(_str(eid), fields, lane) for eid, fields in reply[1] if fields is not None]
+            if entries:
+                return entries
+        return []
 
     def claim(self, entry: Entry, job: Job, *, owner: str, node_id: str) -> ClaimOutcome:
         payload = canonical_payload(job)
         sha = hashlib.sha256(payload.encode()).hexdigest()
         sent = time.monotonic()
         reply = _strs(self._run(
-            "claim", [self.keys.job(job.video_id), self.keys.stream, self.keys.running, self.keys.dlq],
+            "claim", [self.keys.job(job.video_id), self.keys.streams[entry.lane], self.keys.running, self.keys.dlq],
             [entry.entry_id, GROUP, owner, node_id, int(self.settings.job_lock_timeout * 1000), payload, sha,
-             self.settings.max_job_attempts, job.video_id]))
+             self.settings.max_job_attempts, job.video_id, entry.lane.value]))
         if reply[0] != "claimed":
             return ClaimOutcome(reply[0])
         return ClaimOutcome("claimed", Claim(job.video_id, entry.entry_id, int(reply[1]), int(reply[2]),
-                                             owner, node_id, job, sent))
+                                             owner, node_id, job, sent, entry.lane))
 
     def heartbeat(self, claim: Claim, *, extend: bool = True, progress: dict | None = None) -> Fenced:
         """Extend the lease and/or write progress: written; replayed = this token already
         finished the job (nothing to keep alive); refused = the lease is lost."""
         lease_ms = int(self.settings.job_lock_timeout * 1000) if extend else 0
         return _FENCED[int(self._run(
-            "heartbeat", [self.keys.job(claim.video_id), self.keys.stream, self.keys.running, self.keys.refusals],
+            "heartbeat", [self.keys.job(claim.video_id), self.keys.streams[claim.lane], self.keys.running,
+                          self.keys.refusals],
             [claim.token, claim.owner, lease_ms, GROUP, json.dumps(progress) if progress else "",
              claim.node_id]))]
 
@@ -280,7 +263,8 @@ class RedisQueue:
         """End this attempt: outcome succeeded | retry | failed | dead | released (fenced)."""
         k = self.keys
         code, _state = self._run(
-            "finish", [k.job(claim.video_id), k.stream, k.running, k.delayed, k.dlq, k.finished, k.refusals],
+            "finish", [k.job(claim.video_id), k.streams[claim.lane], k.running, k.delayed, k.dlq, k.finished,
+                       k.refusals],
             [claim.token, claim.owner, GROUP, outcome, json.dumps(result) if result else "",
              json.dumps(error) if error else "", int(delay_s * 1000), claim.node_id])
         return _FENCED[int(code)]
@@ -291,39 +275,40 @@ class RedisQueue:
         raw = json.dumps({k.decode(errors="replace"): v[:DEAD_ENTRY_KEEP_BYTES].decode(errors="replace")
                           for k, v in entry.fields.items()}, ensure_ascii=False)[:DEAD_ENTRY_KEEP_BYTES]
         error = json.dumps({"code": code, "message": message, "retryable": False})
-        self._run("dead_letter", [self.keys.job(record_id), self.keys.stream, self.keys.dlq],
+        self._run("dead_letter", [self.keys.job(record_id), self.keys.streams[entry.lane], self.keys.dlq],
                   [entry.entry_id, GROUP, record_id, raw, error])
         return record_id
 
     def unread(self, entry: Entry, video_id: str) -> bool:
         """Give back an entry read but not claimed (draining): any node can read it at once."""
-        return bool(self._run("unread", [self.keys.job(video_id), self.keys.stream], [entry.entry_id, GROUP]))
+        return bool(self._run("unread", [self.keys.job(video_id), self.keys.streams[entry.lane]],
+                              [entry.entry_id, GROUP]))
 
     def promote_due(self, limit: int = 100) -> int:
         """Move retries that are due back onto the stream; returns how many this call moved."""
-        with _redis_errors():
+        with redis_errors():
             due = self.client.zrangebyscore(self.keys.delayed, "-inf", int(time.time() * 1000), start=0, num=limit)
         moved = 0
         for vid in map(_str, due):
-            moved += int(self._run("promote", [self.keys.job(vid), self.keys.delayed, self.keys.stream], [vid]))
+            moved += int(self._run("promote", [self.keys.job(vid), self.keys.delayed, *self._lane_streams()], [vid]))
         return moved
 
     # --- operators -------------------------------------------------------------------------------
 
     def record(self, video_id: str) -> JobRecord | None:
-        with _redis_errors():
+        with redis_errors():
             h = self.client.hgetall(self.keys.job(video_id))
         return JobRecord.from_hash({_str(k): _str(v) for k, v in h.items()}) if h else None
 
     def index(self, name: str, *, max_ms: float = float("inf")) -> list[tuple[str, int]]:
         """Members of a zset index (dlq, finished, running, delayed) scored up to max_ms, oldest first."""
-        with _redis_errors():
+        with redis_errors():
             rows = self.client.zrangebyscore(getattr(self.keys, name), "-inf",
                                              "+inf" if max_ms == float("inf") else int(max_ms), withscores=True)
         return [(_str(m), int(s)) for m, s in rows]
 
     def dlq_retry(self, video_id: str) -> None:
-        code = int(self._run("dlq_retry", [self.keys.job(video_id), self.keys.dlq, self.keys.stream], [video_id]))
+        code = int(self._run("dlq_retry", [self.keys.job(video_id), self.keys.dlq, *self._lane_streams()], [video_id]))
         if code == -1:
             raise InvalidInput("not_retryable", f"{video_id} is a malformed queue entry; fix it and submit a job")
         if code == 0:
@@ -333,49 +318,68 @@ class RedisQueue:
 
     def delete_job(self, video_id: str, *, index: str, cutoff_ms: int, states: tuple[str, ...]) -> bool:
         """Delete a record still in one of `states` and finished at or before cutoff_ms."""
-        with _redis_errors():
+        with redis_errors():
             key = self.client.hget(self.keys.job(video_id), "idempotency_key")
         return bool(self._run("delete_job", [self.keys.job(video_id), self.keys.idem(_str(key or b"")),
                                              getattr(self.keys, index)],
                               [video_id, cutoff_ms, ",".join(states)]))
 
-    def trim_stream(self, *, dry_run: bool = False) -> tuple[int, str]:
-        """Drop entries every group is done with; returns (entries dropped, MINID kept)."""
-        n, minid = self._run("trim_stream", [self.keys.stream], ["1" if dry_run else "0"])
-        return int(n), _str(minid)
+    def _lane_streams(self) -> list[str]:
+        """The lanes' streams in the order the promote and dlq_retry scripts take them."""
+        return [self.keys.streams[lane] for lane in LANES]
+
+    def trim_stream(self, *, dry_run: bool = False) -> tuple[int, dict[str, str]]:
+        """Drop entries every group is done with; returns (entries dropped, MINID kept per lane)."""
+        dropped, kept = 0, {}
+        for lane, stream in self.keys.streams.items():
+            n, minid = self._run("trim_stream", [stream], ["1" if dry_run else "0"])
+            dropped, kept[lane.value] = dropped + int(n), _str(minid)
+        return dropped, kept
 
     def pending_count(self) -> int:
-        with _redis_errors():
-            try:
-                return int(self.client.xpending(self.keys.stream, GROUP)["pending"])
-            except redis.ResponseError:
-                return 0
+        total = 0
+        with redis_errors():
+            for stream in self.keys.streams.values():
+                try:
+                    total += int(self.client.xpending(stream, GROUP)["pending"])
+                except redis.ResponseError:  # no stream or group yet
+                    pass
+        return total
 
     def idle_consumers(self, min_idle_ms: int) -> list[str]:
-        """Consumers (node/slot names) with nothing pending, silent for at least min_idle_ms."""
-        with _redis_errors():
-            try:
-                rows = self.client.xinfo_consumers(self.keys.stream, GROUP)
-            except redis.ResponseError:  # no stream or group yet
-                return []
-        return [_str(c["name"]) for c in rows if int(c["pending"]) == 0 and int(c["idle"]) >= min_idle_ms]
+        """Consumers (node/slot names) with nothing pending in any lane, silent for at least min_idle_ms."""
+        busy, idle = set(), set()
+        with redis_errors():
+            for stream in self.keys.streams.values():
+                try:
+                    rows = self.client.xinfo_consumers(stream, GROUP)
+                except redis.ResponseError:  # no stream or group yet
+                    continue
+                for c in rows:
+                    quiet = int(c["pending"]) == 0 and int(c["idle"]) >= min_idle_ms
+                    (idle if quiet else busy).add(_str(c["name"]))
+        return sorted(idle - busy)
 
     def delete_consumer(self, name: str) -> None:
-        with _redis_errors():
-            self.client.xgroup_delconsumer(self.keys.stream, GROUP, name)
+        with redis_errors():
+            for stream in self.keys.streams.values():
+                try:
+                    self.client.xgroup_delconsumer(stream, GROUP, name)
+                except redis.ResponseError:  # no stream or group yet
+                    pass
 
     def refusals(self) -> dict[str, int]:
         """Fenced writes refused, by "{node}|{kind}" (kind: commit, finish, progress, heartbeat)."""
-        with _redis_errors():
+        with redis_errors():
             return {_str(k): int(v) for k, v in self.client.hgetall(self.keys.refusals).items()}
 
     def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take a lock for ttl_s unless someone holds it; never released early (a schedule slot)."""
-        with _redis_errors():
+        with redis_errors():
             return bool(self.client.set(self.keys.lock(name), owner, nx=True, px=max(1, int(ttl_s * 1000))))
 
     def server_time_ms(self) -> int:
-        with _redis_errors():
+        with redis_errors():
             seconds, micros = self.client.time()
         return seconds * 1000 + micros // 1000
 
@@ -388,6 +392,15 @@ def _strs(values: list) -> list:
     return [_str(v) if isinstance(v, bytes) else v for v in values]
 
 
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _pairs(flat: list) -> dict[bytes, bytes]:
+    """A script's flat [field, value, ...] reply as the dict redis-py gives for stream entries."""
+    return {_bytes(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 class RedisGenerationStore:
     """providers.base.GenerationStore on the job record (field `generation:{provider}`), so a job
     retried on any node resumes the provider generation it already paid for."""
@@ -397,10 +410,10 @@ class RedisGenerationStore:
         self.client = client if client is not None else connect(settings)
 
     def get(self, video_id: str, provider: str) -> str | None:
-        with _redis_errors():
+        with redis_errors():
             value = self.client.hget(self.keys.job(video_id), f"generation:{provider}")
         return value.decode() if isinstance(value, bytes) else value
 
     def put(self, video_id: str, provider: str, generation_id: str) -> None:
-        with _redis_errors():
+        with redis_errors():
             self.client.hset(self.keys.job(video_id), f"generation:{provider}", generation_id)

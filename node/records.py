@@ -62,6 +62,7 @@ class JobRecord:
     job: dict | None  # the submitted job (None for a malformed entry)
     entry_raw: str | None  # a malformed entry as received, truncated
     committed_token: int | None
+    lane: str = "normal"  # rush | normal | bulk (node/lanes.py); records from before lanes: normal
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> "JobRecord":
@@ -80,7 +81,7 @@ class JobRecord:
             next_attempt_ms=_int(h.get("next_attempt_ms")), lease_owner=h.get("lease_owner") or None,
             progress=_json(h.get("progress")), result=_json(h.get("result")), error=_json(h.get("error")),
             history=tuple(history), job=_json(h.get("payload")), entry_raw=h.get("entry_raw"),
-            committed_token=_int(h.get("committed_token")),
+            committed_token=_int(h.get("committed_token")), lane=h.get("lane") or "normal",
         )
 
     @property
@@ -93,7 +94,7 @@ class JobRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """The `status --json` object."""
-        out = {"video_id": self.video_id, "state": self.state.value, "attempts": self.attempts,
+        out = {"video_id": self.video_id, "state": self.state.value, "lane": self.lane, "attempts": self.attempts,
                "token": self.token, "created_at": iso_ms(self.created_ms),
                "updated_at": iso_ms(self.updated_ms), "finished_at": iso_ms(self.finished_ms),
                "next_attempt_at": iso_ms(self.next_attempt_ms), "node": self.lease_owner,

@@ -29,7 +29,8 @@ from node.errors import BrokerError, Cancelled, InvalidInput
 from node.job import Job
 from node.lease import JobLease, job_lease
 from node.logs import debug_enabled, job_context
-from node.queue import Claim, Entry, Fenced, RedisQueue, decode_entry
+from node.entries import decode_entry
+from node.queue import Claim, Entry, Fenced, RedisQueue
 from node.retry import JobError, decide_retry
 from node.webhooks import MIN_PROGRESS_INTERVAL_S, WebhookSender
 

@@ -8,7 +8,7 @@
 --
 -- KEYS[1]  {prefix}job:{video_id}  hash    the job record (created here for an entry written
 --                                          straight to the stream by another producer)
--- KEYS[2]  {prefix}stream          stream  XACK of skipped or exhausted entries
+-- KEYS[2]  {prefix}stream[:lane]   stream  the entry's lane: XACK of skipped or exhausted entries
 -- KEYS[3]  {prefix}running         zset    video_id -> lease expiry ms
 -- KEYS[4]  {prefix}dlq             zset    video_id -> ms it was dead-lettered
 -- ARGV[1]  entry id
@@ -19,6 +19,7 @@
 -- ARGV[6]  payload (canonical JSON), ARGV[7] its sha256 hex
 -- ARGV[8]  max attempts
 -- ARGV[9]  video_id
+-- ARGV[10] the entry's lane, for a record created here
 -- Returns  {"claimed", token, attempts}  (also when ARGV[3] already holds it: a replayed call)
 --          {"busy"}                      another owner holds a live lease; entry left pending
 --          {"skipped", why}              entry acked, nothing to do
@@ -32,7 +33,7 @@ local job, vid = KEYS[1], ARGV[9]
 if redis.call('EXISTS', job) == 0 then
   redis.call('HSET', job, 'video_id', vid, 'payload', ARGV[6], 'payload_sha', ARGV[7],
              'idempotency_key', '', 'state', 'queued', 'token', 0, 'attempts', 0,
-             'entry_id', ARGV[1], 'created_ms', now, 'updated_ms', now)
+             'entry_id', ARGV[1], 'created_ms', now, 'updated_ms', now, 'lane', ARGV[10])
 end
 
 local j = redis.call('HMGET', job, 'payload_sha', 'state', 'entry_id', 'token', 'attempts',

@@ -4,7 +4,7 @@
 -- touches a real job's record.
 --
 -- KEYS[1]  {prefix}job:entry:{id}  hash    the dead-letter record (created)
--- KEYS[2]  {prefix}stream          stream  XACK of the entry
+-- KEYS[2]  {prefix}stream[:lane]   stream  XACK of the entry
 -- KEYS[3]  {prefix}dlq             zset    record id -> ms
 -- ARGV[1]  entry id
 -- ARGV[2]  consumer group

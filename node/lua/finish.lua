@@ -6,7 +6,7 @@
 -- The stream entry is acked here, in the same step as the state write, never before.
 --
 -- KEYS[1]  {prefix}job:{video_id}  hash    state, result/error, attempt:{token}, lease fields
--- KEYS[2]  {prefix}stream          stream  XACK of the job's entry; XADD of a new one (released)
+-- KEYS[2]  {prefix}stream[:lane]   stream  the job's lane: XACK of its entry; XADD of a new one (released)
 -- KEYS[3]  {prefix}running         zset    video_id removed
 -- KEYS[4]  {prefix}delayed         zset    video_id -> due ms (retry)
 -- KEYS[5]  {prefix}dlq             zset    video_id -> ms (failed, dead)

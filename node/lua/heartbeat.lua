@@ -6,7 +6,7 @@
 -- consumer, JUSTID), so XAUTOCLAIM on other nodes only ever picks up entries of silent holders.
 --
 -- KEYS[1]  {prefix}job:{video_id}  hash    lease_until_ms, progress, updated_ms
--- KEYS[2]  {prefix}stream          stream  XCLAIM of the job's pending entry (idle reset)
+-- KEYS[2]  {prefix}stream[:lane]   stream  XCLAIM of the job's pending entry (idle reset)
 -- KEYS[3]  {prefix}running         zset    video_id -> lease expiry ms
 -- KEYS[4]  {prefix}refusals        hash    "{node}|{kind}" -> refused writes
 -- ARGV[1]  fencing token

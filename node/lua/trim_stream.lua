@@ -3,7 +3,7 @@
 -- Keeps everything from the oldest entry still pending in any group, and everything a group has
 -- not been delivered yet (after its last-delivered-id). ARGV[1] = "1" only reports.
 --
--- KEYS[1]  {prefix}stream  stream  XTRIM MINID
+-- KEYS[1]  {prefix}stream[:lane]  stream  XTRIM MINID (one lane per call)
 -- ARGV[1]  "1" = dry run
 -- Returns  {entries trimmed (or that would be), MINID kept from}
 local function parse(id)

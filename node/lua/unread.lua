@@ -4,7 +4,7 @@
 -- waiting for XAUTOCLAIM after a lease timeout. A job that is not queued on this entry is left.
 --
 -- KEYS[1]  {prefix}job:{video_id}  hash    entry_id
--- KEYS[2]  {prefix}stream          stream  XACK of the old entry, XADD of the new one
+-- KEYS[2]  {prefix}stream[:lane]   stream  the entry's lane: XACK of the old entry, XADD of the new one
 -- ARGV[1]  entry id
 -- ARGV[2]  consumer group
 -- Returns  1 given back, 0 left as it was

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from node.cleanup import run_cleanup
-from node.queue import BrokerError, RedisQueue
+from node.errors import BrokerError
+from node.queue import RedisQueue
 from node.records import JobState
 from tests.conftest import ffprobe_json
 from tests.fleet.conftest import RedisServer, job_request, kill_all, spawn_worker, wait_for

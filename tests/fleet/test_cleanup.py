@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from node.cleanup import CleanupReport, clean_files, clean_redis, run_cleanup, run_scheduled_cleanup
-from node.queue import RedisQueue, decode_entry
+from node.entries import decode_entry
+from node.queue import RedisQueue
 from node.records import JobState
 from tests.fleet.conftest import job_request
 

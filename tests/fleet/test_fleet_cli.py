@@ -33,11 +33,11 @@ def running_worker(fleet_settings, start_worker):
 def test_submit_wait_exits_like_render(cli, media, running_worker, ffprobe):
     # Given a running node, when a job is submitted with --wait --json
     proc = cli("submit", "--audio", str(media["speech"]), "--avatar", str(media["avatar"]), "--strategy",
-               "lipsync", "--engine", "mock", "--video-id", "cli-ok", "--wait", "--json")
+               "lipsync", "--engine", "mock", "--video-id", "cli-ok", "--priority", "rush", "--wait", "--json")
     # Then it exits 0 with one JSON object: the finished job
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["video_id"] == "cli-ok" and result["state"] == "succeeded"
+    assert result["video_id"] == "cli-ok" and result["state"] == "succeeded" and result["lane"] == "rush"
     assert float(ffprobe_json(Path(result["output"]))["format"]["duration"]) == pytest.approx(0.3, abs=0.05)
     assert [a["outcome"] for a in result["history"]] == ["succeeded"]
     # and `status` reports the same job
@@ -45,6 +45,7 @@ def test_submit_wait_exits_like_render(cli, media, running_worker, ffprobe):
     assert status.returncode == 0 and json.loads(status.stdout)["output"] == result["output"]
     human = cli("status", "cli-ok")
     assert "state      succeeded (attempts 1 of 3)" in human.stdout and result["output"] in human.stdout
+    assert "lane       rush" in human.stdout
 
 
 def test_submit_rejects_invalid_input_and_conflicts_with_exit_2(cli, media):
@@ -56,6 +57,8 @@ def test_submit_rejects_invalid_input_and_conflicts_with_exit_2(cli, media):
     assert first.returncode == 0 and first.stdout.strip() == "cli-twice"
     assert json.loads(again.stdout) == {"video_id": "cli-twice", "state": "queued", "created": False}
     assert other.returncode == 2 and "error: idempotency_conflict: " in other.stderr
+    lane = cli("submit", "--text", "hola", "--priority", "urgent")
+    assert lane.returncode == 2 and "urgent" in lane.stderr
     missing = cli("status", "nobody", "--json")
     assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "job_not_found"
 

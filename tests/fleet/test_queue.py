@@ -6,7 +6,10 @@ import time
 
 import pytest
 
-from node.queue import Fenced, JobConflict, RedisQueue, decode_entry, redact_url
+from node.entries import decode_entry
+from node.errors import JobConflict
+from node.queue import Fenced, RedisQueue
+from node.redis_conn import redact_url
 from node.lease import JobLease, job_lease
 from node.records import JobState
 from tests.fleet.conftest import job_request
@@ -227,7 +230,7 @@ def test_redis_url_password_is_redacted_for_logs():
 
 
 def test_an_unreachable_redis_is_one_retryable_error(fleet_settings):
-    from node.queue import QueueUnavailable
+    from node.errors import QueueUnavailable
     from tests.fleet.conftest import free_port
 
     queue = RedisQueue(fleet_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0",

@@ -12,7 +12,8 @@ import pytest
 
 from node.errors import InvalidInput, RenderFailed
 from node.pipeline import Renderer
-from node.queue import QueueUnavailable, RedisQueue
+from node.errors import QueueUnavailable
+from node.queue import RedisQueue
 from node.records import JobState
 from node.worker import Worker, renderer_render
 from tests.conftest import ffprobe_json
