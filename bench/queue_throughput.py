@@ -58,7 +58,7 @@ class Timings(WorkerHooks):
         self.claim_to_start.append(now - claim.claimed_at)
         self.first_claim = self.first_claim or time.time() - (now - claim.claimed_at)
 
-    def render_finished(self, claim, outcome) -> None:
+    def render_finished(self, claim, outcome, result=None) -> None:
         self._finished[(claim.video_id, claim.token)] = time.monotonic()
 
     def acked(self, claim, outcome, fenced) -> None:

@@ -66,26 +66,34 @@ def render(
 
 
 @app.command()
-def health(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """What this node can do: engines (with licences), providers, encoder, binaries."""
+def health(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    local: bool = typer.Option(False, "--local", help="A node that only runs `render`: do not check Redis."),
+    verify: bool = typer.Option(False, "--verify", help="Check every weight file's sha256 (slow), not only sizes."),
+) -> None:
+    """What this node can do: binaries, disk, Redis, weights, engines (with licences), providers,
+    encoder. Exits 0 only when the node can render (1 when it cannot)."""
     settings = load_settings()
     from node.health import node_health
 
-    report = node_health(settings)
+    report = node_health(settings, check_redis=not local, verify=verify)
     if as_json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
+        from rich.table import Table
 
-    table = Table(title="lipsync-node health")
-    for col in ("component", "name", "ready", "detail", "licence"):
-        table.add_column(col)
-    for row in report["components"]:
-        table.add_row(row["kind"], row["name"], "yes" if row["ready"] else "no",
-                      row.get("reason") or "", row.get("licence") or "")
-    Console().print(table)
-    Console().print(f"encoder: {report['encoder']['codec']} ({report['encoder']['reason']})")
+        table = Table(title="lipsync-node health")
+        for col in ("component", "name", "ready", "detail", "licence"):
+            table.add_column(col)
+        for row in report["components"]:
+            table.add_row(row["kind"], row["name"], "yes" if row["ready"] else "no",
+                          row.get("reason") or "", row.get("licence") or "")
+        Console().print(table)
+        Console().print(f"encoder: {report['encoder']['codec']} ({report['encoder']['reason']})")
+        Console().print("this node can render" if report["ready"] else "this node cannot render: see the rows marked no")
+    if not report["ready"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

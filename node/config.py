@@ -206,6 +206,14 @@ class Settings(BaseSettings):
     webhook_retry_base_delay_s: float = Field(default=1.0, ge=0)
     #: TCP port for Prometheus metrics of `worker`; 0 = not served.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: TCP port of the worker's /healthz, /readyz and /metrics; 0 = beside metrics on METRICS_PORT
+    #: when that is set, else not served.
+    health_port: int = Field(default=0, ge=0, le=65535)
+    #: MiB; /readyz fails while TEMP_DIR, OUTPUT_DIR or AVATAR_CACHE_DIR has less free space.
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    #: seconds; a worker loop (a slot between batches, or housekeeping) silent this long is wedged
+    #: and the node DEFUNCT (liveness fails, so the orchestrator restarts it).
+    loop_stall_timeout_s: float = Field(default=300.0, gt=0)
     #: seconds; a running job gets this long to finish after SIGTERM/SIGINT.
     shutdown_timeout: float = 300.0
     cleanup_interval_hours: float = 6.0

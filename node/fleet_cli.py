@@ -63,8 +63,12 @@ def slot_renderers(settings, plan, generations=None, encoder=None) -> list:
                      providers=providers, encoder=encoder) for d in plan.devices]
 
 
-def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=()) -> int:
-    """Run a worker until SIGTERM/SIGINT, then drain; returns the process exit code (0)."""
+def run_worker(settings, render, *, concurrency: int, node_id: str | None = None, hooks=(),
+               warm_up=None) -> int:
+    """Run a worker until SIGTERM/SIGINT, then drain; returns the process exit code (0).
+
+    With HEALTH_PORT (or METRICS_PORT) the node serves /healthz, /readyz and /metrics; `warm_up`
+    (loading the models) runs on a thread while the node reports STARTING."""
     from node.queue import RedisQueue
     from node.redis_conn import redact_url
     from node.webhooks import WebhookSender
@@ -73,8 +77,19 @@ def run_worker(settings, render, *, concurrency: int, node_id: str | None = None
     webhooks = WebhookSender(settings.webhook_secret, timeout_s=settings.webhook_timeout_s,
                              max_attempts=settings.webhook_max_attempts,
                              base_delay_s=settings.webhook_retry_base_delay_s)
-    worker = Worker(RedisQueue(settings), settings, render, concurrency=concurrency, node_id=node_id,
-                    hooks=hooks, webhooks=webhooks)
+    queue = RedisQueue(settings)
+    hooks = list(hooks)
+    port = settings.health_port or settings.metrics_port
+    if port:
+        from node.metrics import PrometheusHooks
+
+        hooks.append(PrometheusHooks())
+    worker = Worker(queue, settings, render, concurrency=concurrency, node_id=node_id,
+                    hooks=hooks, webhooks=webhooks, models_ready=warm_up is None)
+    if port:
+        _serve_endpoints(settings, worker, queue, port)
+    if warm_up is not None:
+        threading.Thread(target=_warm, args=(warm_up, worker), name="warm-up", daemon=True).start()
     deadline_timer: list[threading.Timer] = []
 
     def on_signal(signum, _frame) -> None:
@@ -104,6 +119,40 @@ def run_worker(settings, render, *, concurrency: int, node_id: str | None = None
     return EXIT_OK
 
 
+def _serve_endpoints(settings, worker, queue, port: int) -> None:
+    from prometheus_client import start_http_server
+
+    from node.health_server import ReadinessChecks, serve_health
+
+    serve_health(worker.status, ReadinessChecks(settings, queue.client.ping), port, queue=queue)
+    if settings.metrics_port and settings.health_port and settings.metrics_port != settings.health_port:
+        start_http_server(settings.metrics_port)  # metrics alone on their own port as before
+
+
+def _warm(warm_up, worker) -> None:
+    """Load the models, then report READY; a failure to load on the GPU makes the node DEFUNCT."""
+    from node.node_state import is_device_fault
+
+    try:
+        warm_up()
+    except Exception as e:  # noqa: BLE001 - an engine that cannot load is reported, the node goes on
+        if is_device_fault(e):
+            worker.status.mark_defunct(f"warm-up: {type(e).__name__}: {e}"[:300])
+            worker.drain()
+            return
+        log.warning("warm-up: %s: %s (engines load on their first job)", type(e).__name__, e)
+    worker.status.models_loaded()
+    log.info("models loaded: %s", worker.status.state().value)
+
+
+def warm_renderers(renderers) -> None:
+    """Load every ready local engine of every Renderer (one per GPU), as the first job would."""
+    for renderer in renderers:
+        for engine in renderer.engines.values():
+            if engine.unavailable_reason() is None and hasattr(engine, "load"):
+                engine.load()
+
+
 def worker(
     concurrency: Optional[int] = typer.Option(None, min=1, help="Jobs at once (default: RENDER_SLOTS, else derived from cores, GPUs and encoder)."),
     node_id: Optional[str] = typer.Option(None, "--node-id", help="Name in leases and attempts (default NODE_ID "
@@ -114,12 +163,6 @@ def worker(
     from node.queue import RedisGenerationStore
     from node.worker import renderer_render
 
-    hooks = []
-    if settings.metrics_port:
-        from node.metrics import PrometheusHooks, serve
-
-        serve(settings.metrics_port)
-        hooks.append(PrometheusHooks())
     # Built once: models stay loaded for every job. Provider generation ids live on the job
     # record, so a retry on another node resumes a remote generation instead of paying twice.
     # The slot plan: several jobs per GPU while libx264 bounds the node, one Renderer per GPU.
@@ -135,7 +178,8 @@ def worker(
     renderers = slot_renderers(settings, plan, RedisGenerationStore(settings), encoder)
     log.info("encoder: %s (%s); batches: %s", encoder.codec, encoder.reason, renderers[0].batch_summary())
     render = [renderer_render(r) for r in renderers]
-    raise typer.Exit(run_worker(settings, render, concurrency=plan.slots, node_id=node_id, hooks=hooks))
+    raise typer.Exit(run_worker(settings, render, concurrency=plan.slots, node_id=node_id,
+                                warm_up=lambda: warm_renderers(renderers)))
 
 
 # --- submit and status ---------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class Renderer:
                 continue
             attempts.append(Attempt(step.stage, step.name, "succeeded", reason=done.note,
                                     duration_s=round(time.perf_counter() - t0, 3)))
-            return self._succeeded(job, done, speech, output, attempts, timings, started)
+            return self._succeeded(job, done, speech, output, attempts, timings, started, frame_count)
 
         if candidates:
             best = max(candidates, key=lambda c: c.sync["confidence"])
@@ -168,7 +168,7 @@ class Renderer:
             log.warning("every lip-sync step scored below SYNC_MIN_CONFIDENCE; keeping the best, %s/%s",
                         best.stage, best.provider)
             return self._succeeded(job, replace(best, path=output), speech, output, attempts, timings, started,
-                                   fallback=f"every lip-synced output scored below SYNC_MIN_CONFIDENCE "
+                                   frame_count, fallback=f"every lip-synced output scored below SYNC_MIN_CONFIDENCE "
                                             f"({self.settings.sync_min_confidence:g}); the best, from "
                                             f"{best.provider} (confidence {best.sync['confidence']:.4f}), "
                                             "was kept over strategy 3")
@@ -181,14 +181,15 @@ class Renderer:
                              "message": "every strategy failed or was unavailable; see attempts"})
 
     def _succeeded(self, job: Job, done: Candidate, speech: Speech, output: Path, attempts: list[Attempt],
-                   timings: dict[str, float], started: float, fallback: str | None = None) -> RenderResult:
+                   timings: dict[str, float], started: float, frame_count: int,
+                   fallback: str | None = None) -> RenderResult:
         sync = fix_offset(done.sync, self.settings, output, speech)
         observe_attempts(attempts)
         timings |= done.stage_times
         timings["total"] = round(time.perf_counter() - started, 3)
         kind = "lipsync" if done.stage == "lipsync" else "video"
         log.info("succeeded with %s/%s in %.2fs: %s", done.stage, done.provider, timings["total"], output)
-        extra = {"lipsync_report": done.report} if done.report else {}
+        extra = {"frames": frame_count} | ({"lipsync_report": done.report} if done.report else {})
         if sync is not None:
             extra["sync"] = sync | ({"fallback": fallback} if fallback else {})
         return RenderResult(job.video_id, "succeeded", str(output), done.stage,

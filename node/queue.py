@@ -346,6 +346,24 @@ class RedisQueue:
                     pass
         return total
 
+    def depths(self) -> dict[tuple[str, str], int]:
+        """Jobs by where they are: ("queued", lane) not yet read by any slot, and ("delayed",
+        "all"), ("running", "all"), ("dlq", "all")."""
+        out = {}
+        with redis_errors():
+            for lane, stream in self.keys.streams.items():
+                try:
+                    group = next((g for g in self.client.xinfo_groups(stream) if _str(g["name"]) == GROUP), None)
+                except redis.ResponseError:  # no stream yet
+                    group = None
+                lag = group.get("lag") if group else 0
+                if lag is None:  # Redis cannot tell after deletions inside the stream: count them
+                    lag = len(self.client.xrange(stream, f"({_str(group['last-delivered-id'])}", "+", count=100_000))
+                out[("queued", lane.value)] = int(lag)
+            for name in ("delayed", "running", "dlq"):
+                out[(name, "all")] = int(self.client.zcard(getattr(self.keys, name)))
+        return out
+
     def idle_consumers(self, min_idle_ms: int) -> list[str]:
         """Consumers (node/slot names) with nothing pending in any lane, silent for at least min_idle_ms."""
         busy, idle = set(), set()

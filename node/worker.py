@@ -28,8 +28,9 @@ from node.config import Settings
 from node.errors import BrokerError, Cancelled, InvalidInput
 from node.job import Job
 from node.lease import JobLease, job_lease
-from node.logs import debug_enabled, job_context
 from node.entries import decode_entry
+from node.logs import debug_enabled, job_context
+from node.node_state import NodeStatus, is_device_fault
 from node.queue import Claim, Entry, Fenced, RedisQueue
 from node.retry import JobError, decide_retry
 from node.webhooks import MIN_PROGRESS_INTERVAL_S, WebhookSender
@@ -71,7 +72,7 @@ class WorkerHooks:
 
     def claimed(self, claim: Claim) -> None: ...
     def render_started(self, claim: Claim) -> None: ...
-    def render_finished(self, claim: Claim, outcome: str) -> None: ...
+    def render_finished(self, claim: Claim, outcome: str, result: RenderOutcome | None = None) -> None: ...
     def acked(self, claim: Claim, outcome: str, fenced: Fenced | None) -> None: ...
     def dead_lettered(self, entry: Entry, code: str) -> None: ...
 
@@ -85,7 +86,7 @@ class Worker:
                  concurrency: int = 1,
                  node_id: str | None = None, hooks: Iterable[WorkerHooks] = (),
                  webhooks: WebhookSender | None = None, rand: Callable[[], float] = random.random,
-                 housekeeping: bool = True):
+                 housekeeping: bool = True, models_ready: bool = True):
         # One render function for every slot, or one per slot (slot i uses renders[i % n]): a node
         # with several GPUs gives each slot a Renderer of its own device.
         self.queue, self.settings = queue, settings
@@ -96,6 +97,11 @@ class Worker:
         self.hooks, self.webhooks, self._rand = list(hooks), webhooks, rand
         self._draining = threading.Event()
         self._stopping = threading.Event()
+        # What /healthz and /readyz report; `models_ready=False` (the worker command) stays
+        # STARTING until its warm-up calls `status.models_loaded()`.
+        self.status = NodeStatus(self.concurrency, stall_timeout_s=settings.loop_stall_timeout_s)
+        if models_ready:
+            self.status.models_loaded()
         # consumer names: unique per process even when two processes are given one NODE_ID, so
         # a lease can never be mistaken for another process's
         run = secrets.token_hex(3)
@@ -122,6 +128,7 @@ class Worker:
         """Stop claiming; running jobs finish."""
         if not self._draining.is_set():
             log.info("draining: no new claims; running jobs finish")
+        self.status.drain()
         self._draining.set()
 
     def stop_now(self) -> None:
@@ -141,10 +148,17 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _slot_loop(self, owner: str, render: RenderFn) -> None:
+        try:
+            self._claim_loop(owner, render)
+        finally:
+            self.status.loop_ended(owner)
+
+    def _claim_loop(self, owner: str, render: RenderFn) -> None:
         self._slot.render = render
         failures, next_reclaim = 0, 0.0
         reclaim_every = max(0.05, self.settings.job_lock_timeout / 4)
         while not self._draining.is_set():
+            self.status.tick(owner)
             try:
                 entries: list[Entry] = []
                 if time.monotonic() >= next_reclaim:  # holders gone silent for a whole lease
@@ -185,7 +199,11 @@ class Worker:
                 log.warning("job %s failed: its holders went silent on every attempt", job.video_id)
                 self._final_webhook(job, "failed")
             elif outcome.claim is not None:
-                self._run(outcome.claim)
+                self.status.job_started()
+                try:
+                    self._run(outcome.claim)
+                finally:
+                    self.status.job_ended()
         except BrokerError as e:  # the entry stays pending; XAUTOCLAIM brings it back
             log.warning("entry %s left pending: %s", entry.entry_id, e.message)
             self._draining.wait(backoff_delay(1, base_s=0.2, cap_s=1.0, rand=self._rand))
@@ -212,8 +230,12 @@ class Worker:
                 error = JobError.of(e)
                 if not isinstance(e, InvalidInput):
                     log.warning("render raised %s", type(e).__name__, exc_info=debug_enabled())
+                if is_device_fault(e):  # the GPU context is gone: no job can render here again
+                    log.error("DEFUNCT: %s: %s; draining, the job goes to another node", type(e).__name__, e)
+                    self.status.mark_defunct(f"{type(e).__name__}: {e}"[:300])
+                    self.drain()
             outcome = "released" if cancelled else "succeeded" if error is None else "failed"
-            self._emit("render_finished", claim, outcome)
+            self._emit("render_finished", claim, outcome, result)
 
             if cancelled:
                 why = lease.lost_reason or "the node is shutting down"
@@ -263,6 +285,7 @@ class Worker:
 
         next_cleanup = time.monotonic() + min(CLEANUP_CHECK_S, self.settings.job_lock_timeout)
         while not self._draining.wait(PROMOTE_INTERVAL_S):
+            self.status.tick("housekeeping")
             try:
                 self.queue.promote_due()
                 if time.monotonic() >= next_cleanup:
@@ -272,6 +295,7 @@ class Worker:
                 log.warning("housekeeping: %s", e.message)
             except Exception as e:
                 log.error("housekeeping: unexpected %s: %s", type(e).__name__, e, exc_info=debug_enabled())
+        self.status.loop_ended("housekeeping")
 
     # --- observers -----------------------------------------------------------------------------------
 
@@ -304,6 +328,7 @@ class _ProgressReporter:
         self.last_write = self.last_hook = float("-inf")
 
     def __call__(self, done: int, total: int) -> None:
+        self.worker.status.tick(self.claim.owner)  # a rendering slot is alive batch by batch
         now = time.monotonic()
         interval = self.worker.settings.progress_interval_s
         if now - self.last_write < interval and done < total:

@@ -14,7 +14,8 @@ import pytest
 from node.queue import RedisQueue
 from node.records import JobState
 from tests.conftest import REPO, ffprobe_json
-from tests.fleet.conftest import job_request, kill_all, spawn_worker, wait_for, worker_env
+from tests.fleet.conftest import free_port, job_request, kill_all, spawn_worker, wait_for, worker_env
+from tests.fleet.test_health import get
 
 SECONDS_PER_BATCH = 0.03  # 150 one-frame batches: a render of about 5 s
 
@@ -41,13 +42,18 @@ def test_sigterm_lets_the_running_job_finish_and_claims_nothing_more(drain_setti
     procs = []
     try:
         # Given a node in the middle of a long render, and a second job waiting
-        procs.append(spawn_slow_worker(drain_settings, "drainer", tmp_path / "a.log", SHUTDOWN_TIMEOUT="60"))
+        port = free_port()
+        procs.append(spawn_slow_worker(drain_settings, "drainer", tmp_path / "a.log", SHUTDOWN_TIMEOUT="60",
+                                       HEALTH_PORT=str(port)))
         queue.submit(job_request(media, "long", speech="long_speech"))
         wait_for(lambda: rendering(queue, "long"), 30, "the render to be under way")
+        assert get(port, "/readyz")[1]["state"] == "BUSY"
         queue.submit(job_request(media, "waiting"))
         # When it gets SIGTERM
         procs[0].send_signal(signal.SIGTERM)
-        # Then it finishes the running job and exits 0
+        # Then it reports DRAINING (alive, not ready) while it finishes the running job, and exits 0
+        code, body = wait_for(lambda: (r := get(port, "/readyz"))[1]["state"] == "DRAINING" and r, 10, "DRAINING")
+        assert code == 503 and get(port, "/healthz")[0] == 200
         assert procs[0].wait(30) == 0, (tmp_path / "a.log").read_text()[-3000:]
         record = queue.record("long")
         assert record.state is JobState.succeeded and record.history[-1].node == "drainer"

@@ -95,7 +95,7 @@ def test_bad_setting_is_a_clear_error(tmp_path):
 
 def test_health_lists_engines_with_licences(tmp_path, ffprobe):
     # Given a node left to choose its encoder (VIDEO_ENCODER=auto, the default)
-    proc = run_cli(["health", "--json"], tmp_path, VIDEO_ENCODER="auto")
+    proc = run_cli(["health", "--json", "--local"], tmp_path, VIDEO_ENCODER="auto")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     engines = {c["name"]: c for c in report["components"] if c["kind"] == "engine"}
@@ -152,10 +152,11 @@ def test_secrets_never_reach_output_or_logs(tmp_path, ffprobe):
     # connection is refused at once): a test never sends traffic off this machine.
     closed = "http://127.0.0.1:9"
     env |= {f"{name}_BASE_URL": closed for name in ("ELEVENLABS", "SYNCLABS", "HIGGSFIELD", "HEYGEN")}
-    env |= {"HEYGEN_UPLOAD_URL": closed, "PROVIDER_MAX_TRIES": "1"}
+    env |= {"HEYGEN_UPLOAD_URL": closed, "PROVIDER_MAX_TRIES": "1", "REDIS_URL": f"redis://:{canary}@127.0.0.1:9/0"}
     for args in (["render", "--text", "hola", "--json"], ["health", "--json"], ["health"]):
         proc = run_cli(args, tmp_path, **env)
-        assert proc.returncode == 0, proc.stderr
+        # health checks the (closed) Redis of the URL whose password is the canary: it cannot render as a fleet node
+        assert proc.returncode == (0 if args[0] == "render" else 1), proc.stderr
         assert canary not in proc.stdout and canary not in proc.stderr
         if args[0] == "render":  # the providers were tried and failed, then strategy 3 worked
             attempts = {a["provider"]: a["outcome"] for a in json.loads(proc.stdout)["attempts"]}
