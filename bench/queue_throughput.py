@@ -9,7 +9,9 @@ burn-in round on the same server comes first. Every figure below is from one run
     finish->ack    render function returned -> commit script answered (the ack is in it)
     jobs/s         JOBS / (last ack - first claim), across all nodes
 
-Goal (issue 4): >= 500 jobs/s through 3 nodes, p99 claim->start <= 20 ms on loopback.
+Goal (issue 4): >= 500 jobs/s through 3 nodes, p99 claim->start <= 20 ms on loopback. A last
+round runs the 3 nodes with the Prometheus hooks a worker with HEALTH_PORT has; goal: <= 5 % fewer
+jobs/s. (Every round writes the fleet's results stream, inside the finish script.)
 
     python bench/queue_throughput.py [--jobs 3000]
 """
@@ -36,7 +38,12 @@ from node.worker import Worker, WorkerHooks  # noqa: E402
 
 
 class NoopResult:
-    status, error = "succeeded", None
+    """Shaped like node.pipeline.RenderResult, so the metrics hooks do their whole work."""
+
+    status, error, strategy, duration_s = "succeeded", None, "base_video", 1.0
+    providers = {"tts": "upload", "video": "base"}
+    timings_s = {"tts": 0.0, "lipsync": 0.0, "encode": 0.0, "total": 0.0}
+    extra = {"frames": 25}
 
     def as_dict(self) -> dict:
         return {"status": "succeeded"}
@@ -66,10 +73,13 @@ class Timings(WorkerHooks):
         self.last_ack = time.time()
 
 
-def node_main(settings: Settings, node_id: str, total: int, results) -> None:
+def node_main(settings: Settings, node_id: str, total: int, results, metrics: bool) -> None:
+    from node.metrics import PrometheusHooks
+
     queue = RedisQueue(settings)
     timings = Timings()
-    worker = Worker(queue, settings, noop_render, node_id=node_id, hooks=[timings], housekeeping=False).start()
+    hooks = [timings] + ([PrometheusHooks()] if metrics else [])
+    worker = Worker(queue, settings, noop_render, node_id=node_id, hooks=hooks, housekeeping=False).start()
     while queue.client.zcard(queue.keys.finished) < total:
         time.sleep(0.01)
     worker.stop_now()
@@ -78,14 +88,14 @@ def node_main(settings: Settings, node_id: str, total: int, results) -> None:
                  "first_claim": timings.first_claim, "last_ack": timings.last_ack})
 
 
-def run_round(base: Settings, prefix: str, nodes: int, jobs: int) -> dict:
+def run_round(base: Settings, prefix: str, nodes: int, jobs: int, metrics: bool = False) -> dict:
     settings = base.model_copy(update={"redis_key_prefix": prefix})
     queue = RedisQueue(settings)
     for i in range(jobs):
         queue.submit({"video_id": f"b{i}", "text": "hola", "strategy": "base_video"})
     ctx = mp.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=node_main, args=(settings, f"{prefix}n{k}", jobs, results)) for k in range(nodes)]
+    procs = [ctx.Process(target=node_main, args=(settings, f"{prefix}n{k}", jobs, results, metrics)) for k in range(nodes)]
     for p in procs:
         p.start()
     parts = [results.get(timeout=300) for _ in procs]
@@ -95,7 +105,8 @@ def run_round(base: Settings, prefix: str, nodes: int, jobs: int) -> dict:
     finish_to_ack = [x for part in parts for x in part["finish_to_ack"]]
     span = max(p["last_ack"] for p in parts if p["last_ack"]) - min(p["first_claim"] for p in parts if p["first_claim"])
     assert len(finish_to_ack) == jobs, (len(finish_to_ack), jobs)
-    return {"nodes": nodes, "jobs_per_s": jobs / span, "claim_to_start": claim_to_start, "finish_to_ack": finish_to_ack}
+    return {"nodes": nodes, "metrics": metrics, "jobs_per_s": jobs / span, "claim_to_start": claim_to_start,
+            "finish_to_ack": finish_to_ack}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -126,6 +137,7 @@ def main() -> None:
                 time.sleep(0.1)
         run_round(base, "burnin:", 3, 300)
         rounds = [run_round(base, f"r{n}:", n, args.jobs) for n in (1, 3)]
+        rounds.append(run_round(base, "m3:", 3, args.jobs, metrics=True))
     finally:
         server.terminate()
         server.wait(10)
@@ -134,10 +146,11 @@ def main() -> None:
     print(f"queue_throughput: {args.jobs} no-op jobs per round, redis-server on loopback, {os.cpu_count()} CPU cores")
     for r in rounds:
         cs, fa = r["claim_to_start"], r["finish_to_ack"]
-        print(f"nodes={r['nodes']}  jobs_per_s={r['jobs_per_s']:.0f}  "
+        print(f"nodes={r['nodes']}{' +metrics' if r['metrics'] else ''}  jobs_per_s={r['jobs_per_s']:.0f}  "
               f"claim_to_start_ms p50={pct(cs, 50):.2f} p99={pct(cs, 99):.2f} max={pct(cs, 100):.2f}  "
               f"finish_to_ack_ms p50={pct(fa, 50):.2f} p99={pct(fa, 99):.2f} max={pct(fa, 100):.2f}")
     print(f"three_vs_one={rounds[1]['jobs_per_s'] / rounds[0]['jobs_per_s']:.2f}x")
+    print(f"metrics_overhead={1 - rounds[2]['jobs_per_s'] / rounds[1]['jobs_per_s']:+.1%} of jobs/s (goal <= 5%)")
 
 
 if __name__ == "__main__":

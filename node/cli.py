@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from node import fleet_cli
+from node import fleet_cli, worker_cli
 from node.cli_common import EXIT_FAILED, EXIT_INVALID, fail, load_settings
 from node.errors import Cancelled, InvalidInput, LipsyncError
 from node.job import Engine, Strategy, parse_job
@@ -177,11 +177,12 @@ class _progress_bar:
             self._bar.stop()
 
 
-# --- fleet commands (node/fleet_cli.py): worker, submit, status, dlq, cleanup ---------------------
-app.command("worker")(fleet_cli.worker)
+# --- fleet commands (node/worker_cli.py, node/fleet_cli.py): worker, submit, status, dlq, cleanup, metrics ---------------------
+app.command("worker")(worker_cli.worker)
 app.command("submit")(fleet_cli.submit)
 app.command("status")(fleet_cli.status)
 app.command("cleanup")(fleet_cli.cleanup)
+app.command("metrics")(fleet_cli.metrics)
 app.add_typer(fleet_cli.dlq_app, name="dlq")
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """What every `lipsync-node` command shares: exit codes, settings loading, the error exit.
 
-Both `node/cli.py` (render, health, avatars) and `node/fleet_cli.py` (worker, submit, status, dlq,
-cleanup) import this module; neither imports the other's internals.
+`node/cli.py` (render, health, avatars), `node/worker_cli.py` (worker) and `node/fleet_cli.py`
+(submit, status, dlq, cleanup, metrics) import this module; none imports another's internals.
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ import logging
 import sys
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from node.node_state import NodeState, NodeStatus
 from node.queue import Claim, Entry, Fenced
@@ -44,6 +51,11 @@ NODE_STATE = Gauge("lipsync_node_state", "1 for the node's current state (STARTI
 SLOTS = Gauge("lipsync_node_slots", "Render slots of this worker, by use (total, busy).", ["use"])
 QUEUE_DEPTH = Gauge("lipsync_queue_jobs", "Jobs in the fleet's queue by where they are: queued (per lane), "
                     "delayed (waiting for a retry), running, dlq.", ["where", "lane"])
+BACKLOG_SECONDS = Gauge("lipsync_backlog_seconds", "Seconds the fleet's live slots need to render the queued "
+                        "speech (queued speech seconds / (live slots x one slot's speech seconds per second)); "
+                        "what an autoscaler scales on.")
+BACKLOG_SPEECH_SECONDS = Gauge("lipsync_backlog_speech_seconds", "Estimated speech seconds of the queued jobs.")
+FLEET_SLOTS = Gauge("lipsync_fleet_live_slots", "Render slots of the fleet's live nodes.")
 GPU_MEMORY = Gauge("lipsync_gpu_memory_bytes", "CUDA memory of this process, by device and kind "
                    "(allocated, reserved, total).", ["device", "kind"])
 
@@ -102,9 +114,16 @@ def render_metrics(status: NodeStatus | None = None, queue=None) -> tuple[bytes,
         SLOTS.labels("total").set(status.slots)
         SLOTS.labels("busy").set(status.busy)
     if queue is not None:
+        from node.fleet_stats import published_backlog
+
         try:
             for (where, lane), n in queue.depths().items():
                 QUEUE_DEPTH.labels(where, lane).set(n)
+            backlog = published_backlog(queue)  # computed by one node every few seconds, not per scrape
+            if backlog:
+                BACKLOG_SECONDS.set(backlog["backlog_seconds"])
+                BACKLOG_SPEECH_SECONDS.set(backlog["queued_speech_s"])
+                FLEET_SLOTS.set(backlog["live_slots"])
         except Exception as e:  # noqa: BLE001 - a scrape reports what it can; readiness reports Redis
             log.debug("queue depth not read: %s", e)
     _gpu_memory()

@@ -13,6 +13,8 @@ Key schema (every key starts with REDIS_KEY_PREFIX, `p` below):
     {p}dlq               zset    video_id (or entry:{stream id}) -> when it was dead-lettered (ms)
     {p}finished          zset    video_id -> when it succeeded (ms); cleanup ages records by it
     {p}refusals          hash    "{node}|{kind}" -> fenced writes refused (holders that lost a lease)
+    {p}results           stream  one entry per finished render, written by finish.lua
+    {p}nodes, {p}node_slots, {p}backlog   live slots and the backlog (node/fleet_stats.py)
     {p}lock:{name}       string  cleanup schedule locks
 
 Every state change is one Lua script in node/lua/ (its header lists its KEYS, ARGV and keys), so a
@@ -40,12 +42,14 @@ from node.config import Settings
 from node.entries import canonical_payload, idempotent_video_id
 from node.errors import InvalidInput, JobConflict, JobNotFound
 from node.job import Job, parse_job
-from node.redis_conn import connect, redis_errors
 from node.lanes import LANES, Priority, lane_of, lane_order
 from node.records import JobRecord
+from node.redis_conn import connect, redis_errors
 
 #: The consumer group every node reads the stream with.
 GROUP = "nodes"
+#: Finished renders kept in {p}results (trimmed approximately, in finish.lua): about a busy day.
+RESULTS_MAXLEN = 100_000
 #: bytes of a malformed entry kept in its dead-letter record.
 DEAD_ENTRY_KEEP_BYTES = 4096
 
@@ -104,6 +108,7 @@ class Keys:
         self.prefix = prefix
         self.stream, self.running, self.delayed = f"{prefix}stream", f"{prefix}running", f"{prefix}delayed"
         self.dlq, self.finished, self.refusals = f"{prefix}dlq", f"{prefix}finished", f"{prefix}refusals"
+        self.results = f"{prefix}results"
         # The normal lane keeps the stream name it had before lanes, so entries queued then are read.
         self.streams = {lane: self.stream if lane is Priority.normal else f"{prefix}stream:{lane.value}"
                         for lane in LANES}
@@ -259,14 +264,16 @@ class RedisQueue:
              claim.node_id]))]
 
     def finish(self, claim: Claim, outcome: str, *, result: dict | None = None, error: dict | None = None,
-               delay_s: float = 0.0) -> Fenced:
-        """End this attempt: outcome succeeded | retry | failed | dead | released (fenced)."""
+               delay_s: float = 0.0, summary: dict | None = None) -> Fenced:
+        """End this attempt: outcome succeeded | retry | failed | dead | released (fenced).
+        `summary`: the render's line in the fleet's results stream (node/fleet_stats.py)."""
         k = self.keys
         code, _state = self._run(
             "finish", [k.job(claim.video_id), k.streams[claim.lane], k.running, k.delayed, k.dlq, k.finished,
-                       k.refusals],
+                       k.refusals, k.results],
             [claim.token, claim.owner, GROUP, outcome, json.dumps(result) if result else "",
-             json.dumps(error) if error else "", int(delay_s * 1000), claim.node_id])
+             json.dumps(error) if error else "", int(delay_s * 1000), claim.node_id,
+             json.dumps(summary) if summary else "", RESULTS_MAXLEN])
         return _FENCED[int(code)]
 
     def dead_letter(self, entry: Entry, code: str, message: str) -> str:

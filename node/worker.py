@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
+from node import fleet_stats
 from node.backoff import backoff_delay
 from node.config import Settings
+from node.entries import decode_entry
 from node.errors import BrokerError, Cancelled, InvalidInput
 from node.job import Job
 from node.lease import JobLease, job_lease
-from node.entries import decode_entry
 from node.logs import debug_enabled, job_context
 from node.node_state import NodeStatus, is_device_fault
 from node.queue import Claim, Entry, Fenced, RedisQueue
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 PROMOTE_INTERVAL_S = 0.5
 #: seconds; how often a node asks for the cleanup lock (the lock itself spaces runs out).
 CLEANUP_CHECK_S = 60.0
+#: seconds between two computations of the fleet's backlog (by whichever node takes the lock).
+BACKLOG_PUBLISH_S = 10.0
 #: seconds; at least this long a finished job keeps retrying its final write while Redis is away.
 FINISH_RETRY_S = 30.0
 
@@ -244,7 +247,7 @@ class Worker:
                 log.info("released at a batch boundary: %s", why)
             elif error is None:
                 record = result.as_dict() | {"output": str(output), "token": claim.token, "node": self.node_id}
-                fenced = self._write(claim, "succeeded", result=record)
+                fenced = self._write(claim, "succeeded", result=record, summary=fleet_stats.result_summary(self.node_id, result))
                 if fenced is Fenced.refused:  # another node holds the job: this file is nobody's
                     output.unlink(missing_ok=True)
                     log.warning("commit refused: token %d was superseded; output discarded", claim.token)
@@ -254,7 +257,8 @@ class Worker:
                 decision = decide_retry(error, claim.attempts, s.max_job_attempts, base_s=s.retry_base_delay_s,
                                         cap_s=s.retry_max_delay_s, rand=self._rand)
                 outcome = decision.outcome
-                fenced = self._write(claim, outcome, error=error.as_dict(), delay_s=decision.delay_s)
+                fenced = self._write(claim, outcome, error=error.as_dict(), delay_s=decision.delay_s,
+                                     summary=fleet_stats.result_summary(self.node_id, result))
                 log.warning("attempt %d failed: %s: %s -> %s%s", claim.attempts, error.code, error.message, outcome,
                             f" in {decision.delay_s:.2f}s" if outcome == "retry" else "")
         self._emit("acked", claim, outcome, fenced)
@@ -281,13 +285,21 @@ class Worker:
     # --- housekeeping ------------------------------------------------------------------------------
 
     def _housekeeping_loop(self) -> None:
+        """Due retries back to their lanes; this node's slots counted live; the fleet's backlog
+        published (by one node at a time); cleanup when this node wins its lock."""
         from node.cleanup import run_scheduled_cleanup
 
         next_cleanup = time.monotonic() + min(CLEANUP_CHECK_S, self.settings.job_lock_timeout)
+        next_renew = 0.0
         while not self._draining.wait(PROMOTE_INTERVAL_S):
             self.status.tick("housekeeping")
             try:
                 self.queue.promote_due()
+                if time.monotonic() >= next_renew:
+                    next_renew = time.monotonic() + fleet_stats.NODE_TTL_S / 3
+                    fleet_stats.renew_node(self.queue, self.node_id, self.concurrency)
+                    if self.queue.try_lock("backlog", self.node_id, BACKLOG_PUBLISH_S):
+                        fleet_stats.backlog(self.queue)
                 if time.monotonic() >= next_cleanup:
                     next_cleanup = time.monotonic() + CLEANUP_CHECK_S
                     run_scheduled_cleanup(self.queue, self.settings, self.node_id)
@@ -295,6 +307,10 @@ class Worker:
                 log.warning("housekeeping: %s", e.message)
             except Exception as e:
                 log.error("housekeeping: unexpected %s: %s", type(e).__name__, e, exc_info=debug_enabled())
+        try:  # a drained node's slots stop counting at once
+            fleet_stats.forget_node(self.queue, self.node_id)
+        except BrokerError:
+            pass
         self.status.loop_ended("housekeeping")
 
     # --- observers -----------------------------------------------------------------------------------

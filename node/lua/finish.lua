@@ -12,6 +12,8 @@
 -- KEYS[5]  {prefix}dlq             zset    video_id -> ms (failed, dead)
 -- KEYS[6]  {prefix}finished        zset    video_id -> ms (succeeded; cleanup reads it)
 -- KEYS[7]  {prefix}refusals        hash    "{node}|commit" or "{node}|finish" -> refused calls
+-- KEYS[8]  {prefix}results         stream  one entry per finished render (node/fleet_stats.py),
+--                                          in this same step, so the fleet's figures lose none
 -- ARGV[1]  fencing token
 -- ARGV[2]  owner (consumer)
 -- ARGV[3]  consumer group
@@ -20,6 +22,9 @@
 -- ARGV[6]  error JSON {code, message, retryable}, else ""
 -- ARGV[7]  retry delay in ms (retry)
 -- ARGV[8]  node id (refusal counting)
+-- ARGV[9]  the render's summary for {prefix}results: JSON {field: value}, "" for none (the
+--          entry gets the outcome beside it)
+-- ARGV[10] {prefix}results is trimmed to about this many entries
 -- Returns  {1, state} written, {2, state} already written by this token, {0, state} refused
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -77,4 +82,12 @@ else
   return redis.error_reply('finish.lua: unknown outcome ' .. outcome)
 end
 redis.call('HSET', job, key, cjson.encode(attempt))
+if ARGV[9] ~= '' then
+  local fields = {'outcome', outcome}
+  for name, value in pairs(cjson.decode(ARGV[9])) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = tostring(value)
+  end
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', unpack(fields))
+end
 return {1, outcome == 'retry' and 'retrying' or (outcome == 'released' and 'queued' or outcome)}

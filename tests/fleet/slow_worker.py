@@ -8,7 +8,7 @@ import sys
 import time
 
 from node.cli_common import load_settings
-from node.fleet_cli import run_worker
+from node.worker_cli import run_worker
 from node.pipeline import Renderer
 from node.worker import renderer_render
 

@@ -159,6 +159,9 @@ def test_metrics_are_prometheus_text_with_units_and_bounded_labels(endpoints, st
     port = endpoints(worker)
     queue.submit(job_request(media, "metered"))
     wait_for(lambda: queue.record("metered").state is JobState.succeeded, 30, "the render")
+    from node.fleet_stats import published_backlog
+
+    wait_for(lambda: published_backlog(queue), 10, "the housekeeping to publish the backlog")
     worker.drain()
     assert worker.join(5)  # its slots have stopped reading
     queue.submit(job_request(media, "waiting-rush", priority="rush"))
@@ -174,6 +177,7 @@ def test_metrics_are_prometheus_text_with_units_and_bounded_labels(endpoints, st
     assert samples[("lipsync_queue_jobs", (("lane", "rush"), ("where", "queued")))] == 1
     assert samples[("lipsync_queue_jobs", (("lane", "bulk"), ("where", "queued")))] == 1
     assert samples[("lipsync_queue_jobs", (("lane", "all"), ("where", "running")))] == 0
+    assert samples[("lipsync_backlog_seconds", ())] >= 0  # published by the worker's housekeeping
     stage = families["lipsync_stage_seconds"]
     assert stage.unit in ("", "seconds") and stage.type == "histogram"
     stages = {(s.labels["stage"], s.labels["strategy"], s.labels["provider"]) for s in stage.samples

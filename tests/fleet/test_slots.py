@@ -11,7 +11,12 @@ import pytest
 
 from node.encoder import VideoEncoder, codec_options
 from node.records import JobState
-from node.slots import CPU_CORES_PER_SLOT, MAX_SLOTS_PER_GPU, available_cores, plan_slots
+from node.slots import (
+    CPU_CORES_PER_SLOT,
+    MAX_SLOTS_PER_GPU,
+    available_cores,
+    plan_slots,
+)
 from tests.conftest import ffprobe_json, make_speech, stream
 
 
@@ -81,7 +86,7 @@ def test_libx264_threads_reach_ffmpeg_and_the_output_still_conforms(tmp_path, ff
 def test_a_multi_gpu_worker_shares_one_provider_set(settings):
     # Given a worker with one render slot per GPU on a 2-GPU node
     from node.encoder import EncoderChoice
-    from node.fleet_cli import slot_renderers
+    from node.worker_cli import slot_renderers
 
     plan = plan_slots(cores=16, gpus=2, codec="libx264", slots=4)
     renderers = slot_renderers(settings, plan, encoder=EncoderChoice("libx264", "test"))
