@@ -183,6 +183,8 @@ app.command("submit")(fleet_cli.submit)
 app.command("status")(fleet_cli.status)
 app.command("cleanup")(fleet_cli.cleanup)
 app.command("metrics")(fleet_cli.metrics)
+app.command("api")(fleet_cli.api)
+app.command("schema")(fleet_cli.schema)
 app.add_typer(fleet_cli.dlq_app, name="dlq")
 
 if __name__ == "__main__":  # pragma: no cover

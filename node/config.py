@@ -214,6 +214,11 @@ class Settings(BaseSettings):
     #: seconds; a worker loop (a slot between batches, or housekeeping) silent this long is wedged
     #: and the node DEFUNCT (liveness fails, so the orchestrator restarts it).
     loop_stall_timeout_s: float = Field(default=300.0, gt=0)
+    #: `lipsync-node api`: the bearer token clients send (required: no token, no start), where it
+    #: listens, and its port.
+    api_token: SecretStr | None = None
+    api_host: str = "0.0.0.0"
+    api_port: int = Field(default=8080, ge=0, le=65535)
     #: seconds; a running job gets this long to finish after SIGTERM/SIGINT.
     shutdown_timeout: float = 300.0
     cleanup_interval_hours: float = 6.0

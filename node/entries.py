@@ -1,8 +1,10 @@
-"""The wire format of a queue entry: one stream field, `payload`, holding the job's canonical JSON.
+"""The wire format of a queue entry: one stream field, `payload`, holding the job as JSON.
 
 Any producer (the CLI, the HTTP front, a client in another language through `redis-cli XADD`)
-writes entries in this form; `decode_entry` is how a node reads one back, with a stable error
-code for each way an entry can be malformed (the entry is then dead-lettered, never retried).
+writes entries in this form, to the stream of the job's lane; `decode_entry` is how a node reads
+one back, with a stable error code for each way an entry can be malformed (the entry is then
+dead-lettered, never retried). The payload's JSON Schema, generated from the job model, is
+committed as node/assets/job.schema.json (`job_json_schema()`; `lipsync-node schema` prints it).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pathlib import Path
+
 from node.errors import InvalidInput
 from node.job import Job, parse_job
+
+SCHEMA_PATH = Path(__file__).parent / "assets" / "job.schema.json"
 
 
 def canonical_payload(job: Job) -> str:
@@ -42,3 +48,15 @@ def decode_entry(fields: dict[bytes, bytes], *, max_payload_bytes: int, max_text
         # parse_job would invent one, and a redelivered entry would then become a second job
         raise InvalidInput("missing_field", "a queue entry's payload needs a video_id")
     return parse_job(data, max_text_chars=max_text_chars)
+
+
+def job_json_schema() -> dict:
+    """The JSON Schema of a queue entry's payload (and of `POST /v1/jobs` bodies)."""
+    schema = Job.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://github.com/lipsync-node/lipsync-node/node/assets/job.schema.json",
+            "title": "lipsync-node job",
+            "description": "The payload of a stream entry {payload: <this, as JSON>} in REDIS_KEY_PREFIX + "
+                           "'stream' (normal lane), 'stream:rush' or 'stream:bulk'; also the body of "
+                           "POST /v1/jobs (where video_id may be left out).",
+            **{k: v for k, v in schema.items() if k != "title"}}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -293,3 +295,28 @@ def metrics(window: str = typer.Option("1h", "--window", help="How far back: 7d,
 
 def _pairs(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+# --- api and schema --------------------------------------------------------------------------------
+
+
+def api() -> None:
+    """Serve POST /v1/jobs and GET /v1/jobs/{id} on API_HOST:API_PORT for clients that cannot reach
+    Redis (bearer token API_TOKEN; never without one). Runs until SIGTERM/SIGINT."""
+    settings = load_settings()
+    from node.api import serve_api
+
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    server = _guard(lambda: serve_api(_queue(settings), token, settings.api_port, settings.api_host))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+
+
+def schema() -> None:
+    """Print the JSON Schema of a job (a stream entry's payload, a POST /v1/jobs body)."""
+    from node.entries import SCHEMA_PATH
+
+    typer.echo(SCHEMA_PATH.read_text(), nl=False)

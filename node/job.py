@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from node.errors import InvalidInput
@@ -40,18 +40,27 @@ class Engine(str, Enum):
 class Job(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
-    video_id: str
-    persona: str = "papa_noel"
-    text: str | None = None
-    audio: str | None = None  # a path readable by this node
-    avatar: str | None = None  # None: the persona's avatar
-    strategy: Strategy = Strategy.auto
-    engine: Engine | None = None  # None: LIPSYNC_ENGINE_ORDER
-    webhook_url: str | None = None
-    idempotency_key: str | None = None
-    #: rush | normal | bulk (node/lanes.py); None is normal and keeps the canonical payload of
-    #: jobs that name no priority what it was before lanes existed.
-    priority: Priority | None = None
+    # Descriptions and the extra schema keys document the wire format (node/assets/job.schema.json);
+    # validation and its error codes are the validators' below, not the schema's.
+    video_id: str = Field(description="The job's id: 1 to 64 letters, digits, '_' or '-', starting with a letter "
+                          "or digit. A job submitted again with the same id and payload is the same job.",
+                          json_schema_extra={"pattern": VIDEO_ID_RE.pattern})
+    persona: str = Field("papa_noel", description="Who speaks: a persona file (voice, language, default avatar).")
+    text: str | None = Field(None, description="What the persona says (MAX_TEXT_CHARS). Give text or audio.")
+    audio: str | None = Field(None, description="A speech file instead of text: a path every node can read.")
+    avatar: str | None = Field(None, description="The base video: a bundled name, a name in AVATARS_DIR, or a "
+                               "path; default the persona's.")
+    strategy: Strategy = Field(Strategy.auto, description="auto: local lip-sync, then full-video APIs, then the "
+                               "base video with the speech; or only one of them.")
+    engine: Engine | None = Field(None, description="Pin the lip-sync engine; default LIPSYNC_ENGINE_ORDER.")
+    webhook_url: str | None = Field(None, description="http(s) URL POSTed the final state (and progress).")
+    idempotency_key: str | None = Field(None, description="Same key, same job (1 to 128 printable characters); "
+                                        "without video_id it also names the job.",
+                                        json_schema_extra={"maxLength": MAX_IDEMPOTENCY_KEY_CHARS})
+    #: None is normal and keeps the canonical payload of jobs that name no priority what it was
+    #: before lanes existed.
+    priority: Priority | None = Field(None, description="Lane: rush is claimed first, bulk is never starved; "
+                                      "default normal (node/lanes.py).")
 
     @field_validator("video_id")
     @classmethod

@@ -27,7 +27,8 @@ OK = {"video_id": "abc", "text": "hola"}
     ({"webhook_url": "not a url"}, "invalid_webhook_url"),
     ({"idempotency_key": "k" * 129}, "invalid_idempotency_key"),
     ({"idempotency_key": "bad\nkey"}, "invalid_idempotency_key"),
-    ({"priority": 1}, "unknown_field"),
+    ({"urgency": 1}, "unknown_field"),
+    ({"priority": "urgent"}, "invalid_priority"),
 ])
 def test_each_bad_field_has_its_code(patch, code):
     with pytest.raises(InvalidInput) as e:
