@@ -24,13 +24,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from node.errors import (
-    InvalidInput,
-    JobConflict,
-    JobNotFound,
-    LipsyncError,
-    QueueUnavailable,
-)
+from node.errors import InvalidInput, JobConflict, JobNotFound, LipsyncError, QueueUnavailable
 from node.queue import RedisQueue
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     #: Named avatars (NAME.mp4 / NAME.png + optional NAME.json) beside the bundled ones;
     #: `lipsync-node avatar prepare PATH --name NAME` installs into it.
     avatars_dir: Path = Path("avatars")
+    #: Where queued jobs' local input files (audio, base videos given as paths) may be, besides
+    #: AVATARS_DIR; a queued job naming a file elsewhere is refused (path_not_allowed).
+    inputs_dir: Path | None = None
+    #: Hosts and networks (CIDR), comma-separated, that a job's URLs (webhook_url) may reach although
+    #: they are private, loopback or link-local (node/input_guard.py); empty = public addresses only.
+    url_allowlist: str = ""
 
     # --- logging (fixed names) ----------------------------------------------------------------
     use_json_logging: bool = False

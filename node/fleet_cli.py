@@ -55,7 +55,7 @@ def _guard(fn, as_json: bool = False):
 def submit(
     persona: str = typer.Option("papa_noel", help="Persona name."),
     text: Optional[str] = typer.Option(None, help="What the persona says."),
-    audio: Optional[Path] = typer.Option(None, help="Speech file instead of text (a path every node can read)."),
+    audio: Optional[Path] = typer.Option(None, help="Speech file instead of text: a path inside INPUTS_DIR (or AVATARS_DIR) on every node."),
     avatar: Optional[str] = typer.Option(None, help="Bundled avatar name, a name in AVATARS_DIR, or a file."),
     strategy: Strategy = typer.Option(Strategy.auto, help="Which strategies to try."),
     engine: Optional[Engine] = typer.Option(None, help="Pin the lip-sync engine (strategy 1)."),

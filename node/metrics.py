@@ -11,14 +11,7 @@ import logging
 import sys
 import time
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from node.node_state import NodeState, NodeStatus
 from node.queue import Claim, Entry, Fenced

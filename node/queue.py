@@ -41,6 +41,7 @@ import redis
 from node.config import Settings
 from node.entries import canonical_payload, idempotent_video_id
 from node.errors import InvalidInput, JobConflict, JobNotFound
+from node.input_guard import Allowlist, check_url
 from node.job import Job, parse_job
 from node.lanes import LANES, Priority, lane_of, lane_order
 from node.records import JobRecord
@@ -161,6 +162,8 @@ class RedisQueue:
         if key and not request.get("video_id"):
             request["video_id"] = idempotent_video_id(str(key))
         job = parse_job(request, max_text_chars=self.settings.max_text_chars)
+        if job.webhook_url:  # refused now, with a clear error, rather than dropped at delivery
+            check_url(job.webhook_url, Allowlist.parse(self.settings.url_allowlist))
         payload = canonical_payload(job)
         if len(payload.encode()) > self.settings.queue_max_payload_bytes:
             raise InvalidInput("payload_too_large", f"the job is {len(payload.encode())} bytes of JSON; the "

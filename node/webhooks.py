@@ -28,6 +28,8 @@ import httpx
 from pydantic import SecretStr
 
 from node.backoff import retry_after_delay
+from node.errors import InvalidInput
+from node.input_guard import Allowlist, check_url, pinned
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,10 @@ class _Delivery:
 class WebhookSender:
     def __init__(self, secret: SecretStr | None, *, timeout_s: float = 5.0, max_attempts: int = 5,
                  base_delay_s: float = 1.0, transport: httpx.BaseTransport | None = None,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random, allowlist: Allowlist | None = None):
+        """`allowlist` (URL_ALLOWLIST): the private hosts and networks webhooks may reach."""
         self._secret = secret.get_secret_value().encode() if secret else None
+        self._allowlist = allowlist or Allowlist()
         self._max_attempts, self._base_delay_s, self._rand = max_attempts, base_delay_s, rand
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport,
                                     follow_redirects=False)
@@ -142,7 +146,16 @@ class WebhookSender:
             headers[SIGNATURE_HEADER] = sign(self._secret, d.body)
         retry_after = None
         try:
-            response = self._client.post(d.url, content=d.body, headers=headers)
+            # Checked before every try and sent to the checked address: a name that resolves to a
+            # private address now (DNS rebinding since the submit) is never posted to.
+            address = check_url(d.url, self._allowlist)
+        except InvalidInput as e:
+            log.warning("webhook %s to %s dropped: %s", d.event, _where(d.url), e.code)
+            self.dropped += 1
+            return None
+        url, host_headers, extensions = pinned(d.url, address)
+        try:
+            response = self._client.post(url, content=d.body, headers=headers | host_headers, extensions=extensions)
             if response.is_success:
                 self.delivered += 1
                 return None

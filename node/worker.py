@@ -63,8 +63,12 @@ RenderFn = Callable[[Job, Path, Progress, Callable[[], bool]], RenderOutcome]
 
 
 def renderer_render(renderer) -> RenderFn:
-    """The production render function: a long-lived `node.pipeline.Renderer`."""
+    """The production render function: a long-lived `node.pipeline.Renderer`, behind the guard
+    on what a queued job's local paths may name (node/input_guard.py)."""
+    from node.input_guard import guard_queued_job
+
     def render(job: Job, output: Path, progress: Progress, should_stop: Callable[[], bool]) -> RenderOutcome:
+        guard_queued_job(job, renderer.settings)
         return renderer.render(job, output, progress=progress, should_stop=should_stop)
     return render
 

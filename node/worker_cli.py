@@ -36,6 +36,7 @@ def run_worker(settings, render, *, concurrency: int, node_id: str | None = None
 
     With HEALTH_PORT (or METRICS_PORT) the node serves /healthz, /readyz and /metrics; `warm_up`
     (loading the models) runs on a thread while the node reports STARTING."""
+    from node.input_guard import Allowlist
     from node.metrics import PrometheusHooks
     from node.queue import RedisQueue
     from node.redis_conn import redact_url
@@ -44,7 +45,8 @@ def run_worker(settings, render, *, concurrency: int, node_id: str | None = None
 
     webhooks = WebhookSender(settings.webhook_secret, timeout_s=settings.webhook_timeout_s,
                              max_attempts=settings.webhook_max_attempts,
-                             base_delay_s=settings.webhook_retry_base_delay_s)
+                             base_delay_s=settings.webhook_retry_base_delay_s,
+                             allowlist=Allowlist.parse(settings.url_allowlist))
     queue = RedisQueue(settings)
     node_id = node_id or settings.node_id or default_node_id()
     hooks = list(hooks)

@@ -90,9 +90,12 @@ _prefixes = itertools.count()
 
 
 @pytest.fixture
-def fleet_settings(settings: Settings, redis_server: RedisServer) -> Settings:
-    """The shared tmp-path settings, on the session's Redis under a prefix of this test's own."""
+def fleet_settings(settings: Settings, redis_server: RedisServer, tmp_path_factory) -> Settings:
+    """The shared tmp-path settings, on the session's Redis under a prefix of this test's own.
+    Queued jobs may name files anywhere under the session's temporary root (INPUTS_DIR) and post
+    webhooks to loopback receivers (URL_ALLOWLIST)."""
     return settings.model_copy(update={
+        "inputs_dir": tmp_path_factory.getbasetemp(), "url_allowlist": "127.0.0.1",
         "redis_url": redis_server.url, "redis_key_prefix": f"t{next(_prefixes)}-{uuid.uuid4().hex[:6]}:",
         "lipsync_engine_order": "mock", "job_lock_timeout": 2.0, "queue_block_ms": 100,
         "retry_base_delay_s": 0.05, "retry_max_delay_s": 0.2, "progress_interval_s": 0.05,
@@ -171,7 +174,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
                QUEUE_BLOCK_MS=str(settings.queue_block_ms), PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
                RETRY_BASE_DELAY_S=str(settings.retry_base_delay_s),
                RETRY_MAX_DELAY_S=str(settings.retry_max_delay_s), MAX_JOB_ATTEMPTS=str(settings.max_job_attempts),
+               URL_ALLOWLIST=settings.url_allowlist,
                PYTHONPATH=str(REPO))
+    if settings.inputs_dir:
+        env["INPUTS_DIR"] = str(settings.inputs_dir)
     env.update(extra)
     return env
 

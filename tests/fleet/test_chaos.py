@@ -85,6 +85,7 @@ def test_chaos(tmp_path, settings, media, ffprobe):
     server.start()
     s = settings.model_copy(update={
         "redis_url": server.url, "redis_key_prefix": "chaos:", "job_lock_timeout": LEASE_S,
+        "inputs_dir": media["speech"].parent,
         "max_job_attempts": 20, "lipsync_batch_size": 1, "progress_interval_s": 0.05, "queue_block_ms": 100,
         "retry_base_delay_s": 0.1, "retry_max_delay_s": 0.5, "lipsync_engine_order": "mock"})
     queue = RedisQueue(s)

@@ -65,7 +65,7 @@ def test_submit_rejects_invalid_input_and_conflicts_with_exit_2(cli, media):
 
 def test_a_dead_job_through_the_dlq_commands(cli, media, running_worker, queue):
     # Given a job that dies at once (its avatar does not exist): --wait exits 2, like render
-    proc = cli("submit", "--audio", str(media["speech"]), "--avatar", "/nonexistent.mp4", "--video-id",
+    proc = cli("submit", "--audio", str(media["speech"]), "--avatar", str(media["avatar"].parent / "nonexistent.mp4"), "--video-id",
                "cli-dead", "--wait")
     assert proc.returncode == 2 and "error: avatar_not_found: " in proc.stderr
     # When the operator looks at the DLQ

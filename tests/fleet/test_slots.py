@@ -11,12 +11,7 @@ import pytest
 
 from node.encoder import VideoEncoder, codec_options
 from node.records import JobState
-from node.slots import (
-    CPU_CORES_PER_SLOT,
-    MAX_SLOTS_PER_GPU,
-    available_cores,
-    plan_slots,
-)
+from node.slots import CPU_CORES_PER_SLOT, MAX_SLOTS_PER_GPU, available_cores, plan_slots
 from tests.conftest import ffprobe_json, make_speech, stream
 
 

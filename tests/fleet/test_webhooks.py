@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from node.records import JobState
+from node.input_guard import Allowlist
 from node.webhooks import EVENT_HEADER, SIGNATURE_HEADER, WebhookSender, sign, verify
 from tests.fleet.conftest import job_request, wait_for
 
@@ -60,10 +61,28 @@ def receiver_factory():
         r.close()
 
 
+LOOPBACK = Allowlist.parse("127.0.0.1")  # the receivers of these tests listen on loopback
+
+
+def test_a_webhook_to_a_private_address_is_never_posted_unless_allowed(receiver_factory):
+    # Given a receiver on loopback (as an attacker's name rebound to 127.0.0.1 after the submit)
+    receiver = receiver_factory()
+    guarded = WebhookSender(None, base_delay_s=0.01)  # URL_ALLOWLIST empty: public addresses only
+    guarded.send(receiver.url, "job.succeeded", {"video_id": "v1"})
+    guarded.close(5)
+    # Then nothing reaches it; with the address allowed it does, and by the URL's own Host
+    assert receiver.requests == [] and guarded.dropped == 1
+    allowed = WebhookSender(None, allowlist=LOOPBACK, base_delay_s=0.01)
+    allowed.send(receiver.url, "job.succeeded", {"video_id": "v1"})
+    allowed.close(5)
+    [request] = receiver.requests
+    assert request["headers"]["Host"] == receiver.url.split("/")[2]
+
+
 def test_signature_is_hmac_sha256_over_the_exact_body(receiver_factory):
     # Given a receiver and a sender with a secret
     receiver = receiver_factory()
-    sender = WebhookSender(SecretStr(SECRET), base_delay_s=0.01)
+    sender = WebhookSender(SecretStr(SECRET), allowlist=LOOPBACK, base_delay_s=0.01)
     # When one event is sent
     sender.send(receiver.url, "job.succeeded", {"video_id": "v1", "state": "succeeded"})
     assert sender.close(5) == 0
@@ -83,7 +102,7 @@ def test_signature_is_hmac_sha256_over_the_exact_body(receiver_factory):
 def test_server_errors_are_retried_with_backoff_then_delivered(receiver_factory):
     # Given a receiver that fails twice with 503 and then accepts
     receiver = receiver_factory(statuses=(503, 503, 200))
-    sender = WebhookSender(SecretStr(SECRET), base_delay_s=0.1, rand=lambda: 1.0)
+    sender = WebhookSender(SecretStr(SECRET), allowlist=LOOPBACK, base_delay_s=0.1, rand=lambda: 1.0)
     # When an event is sent
     sender.send(receiver.url, "job.failed", {"video_id": "v2"})
     wait_for(lambda: sender.delivered == 1, 10, "the delivery")
@@ -97,7 +116,7 @@ def test_server_errors_are_retried_with_backoff_then_delivered(receiver_factory)
 
 def test_client_errors_are_not_retried_and_attempts_are_bounded(receiver_factory):
     rejecting, broken = receiver_factory(statuses=(400,)), receiver_factory(statuses=(500,))
-    sender = WebhookSender(None, base_delay_s=0.01, max_attempts=3)
+    sender = WebhookSender(None, allowlist=LOOPBACK, base_delay_s=0.01, max_attempts=3)
     sender.send(rejecting.url, "job.succeeded", {"video_id": "v3"})
     sender.send(broken.url, "job.succeeded", {"video_id": "v3"})
     wait_for(lambda: sender.dropped == 2, 10, "both to be given up")
@@ -109,7 +128,7 @@ def test_client_errors_are_not_retried_and_attempts_are_bounded(receiver_factory
 
 def test_send_never_blocks_on_a_slow_receiver(receiver_factory):
     receiver = receiver_factory(delay_s=0.5)
-    sender = WebhookSender(SecretStr(SECRET))
+    sender = WebhookSender(SecretStr(SECRET), allowlist=LOOPBACK)
     started = time.perf_counter()
     for i in range(20):
         sender.send(receiver.url, "job.progress", {"video_id": f"v{i}"})
@@ -121,7 +140,7 @@ def test_a_job_posts_throttled_progress_and_its_final_status(queue, fleet_settin
                                                              receiver_factory):
     # Given a job with a webhook_url and a render reporting progress every 50 ms for 2.5 s
     receiver = receiver_factory()
-    sender = WebhookSender(SecretStr(SECRET), base_delay_s=0.05)
+    sender = WebhookSender(SecretStr(SECRET), allowlist=LOOPBACK, base_delay_s=0.05)
 
     def render(job, output, progress, should_stop):
         for done in range(1, 51):

@@ -108,7 +108,7 @@ def test_exhausted_attempts_fail_into_the_dlq_and_dlq_retry_resets_them(queue, m
 
 def test_invalid_input_is_dead_at_once(queue, media, fleet_settings, start_worker):
     # Given a job whose avatar does not exist, run by the real renderer
-    queue.submit({**job_request(media, "no-avatar"), "avatar": "/nonexistent/avatar.mp4"})
+    queue.submit({**job_request(media, "no-avatar"), "avatar": str(media["avatar"].parent / "missing.mp4")})
     start_worker(renderer_render(Renderer(fleet_settings)))
     # Then it is dead after one attempt, with the renderer's code
     record = finished(queue, "no-avatar")
