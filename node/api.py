@@ -4,7 +4,8 @@
                          token; `Idempotency-Key` header = the job's idempotency_key.
                          202 {video_id, state, created, status_url} for a new job, 200 for the
                          same job submitted again; Location: the status URL
-    GET  /v1/jobs/{id}   the job's record, as `lipsync-node status --json` prints it
+    GET  /v1/jobs/{id}   the job's record, as `lipsync-node status --json` prints it (with
+                         `output_url`, presigned, when outputs are on S3 and S3_PRESIGN_TTL_S is set)
     GET  /healthz        200 while the server runs (no token)
 
 Errors are {"error": {"code", "message"}} with the codes the CLI uses: 400 invalid input (the job
@@ -26,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from node.errors import InvalidInput, JobConflict, JobNotFound, LipsyncError, QueueUnavailable
 from node.queue import RedisQueue
+from node.storage import build_store, with_output_url
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def serve_api(queue: RedisQueue, token: str, port: int, host: str = "0.0.0.0") -
     if not token:
         raise InvalidInput("api_token_missing", "API_TOKEN is not set: the API never runs without a token")
     max_body = queue.settings.queue_max_payload_bytes + BODY_SLACK_BYTES
+    store = build_store(queue.settings)
     expected = f"Bearer {token}".encode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -104,7 +107,7 @@ def serve_api(queue: RedisQueue, token: str, port: int, host: str = "0.0.0.0") -
             record = queue.record(match["video_id"])
             if record is None:
                 raise JobNotFound(match["video_id"])
-            self._reply(HTTPStatus.OK, record.as_dict())
+            self._reply(HTTPStatus.OK, with_output_url(record.as_dict(), store))
 
         def _json_body(self) -> dict:
             if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":

@@ -7,7 +7,7 @@ Redis part, one per host for its local files (nodes on one host share TEMP_DIR a
 What it deletes, and what it never touches:
 - TEMP_DIR entries whose newest file is older than TEMP_MAX_AGE_HOURS, except a running job's
   work directory (the renderer names it `{video_id}-{hex}`).
-- In OUTPUT_DIR/{video_id}/, token files (`{token}.mp4`, and the encoder's hidden `.part` files)
+- In OUTPUT_DIR/{video_id}/ (and with STORAGE_TYPE=s3 in the bucket, fleet-wide), token files (`{token}.mp4`, and the encoder's hidden `.part` files)
   older than TEMP_MAX_AGE_HOURS that are not the job's committed output: attempts that crashed,
   were refused, or were released. Never a running job's folder; never a folder whose job record
   is gone (its committed output belongs to the user now).
@@ -88,6 +88,20 @@ def select_orphan_outputs(output_dir: Path, cutoff_s: float, queue: RedisQueue) 
     return chosen
 
 
+def select_orphan_objects(store, queue: RedisQueue, min_age_s: float) -> list:
+    """Outputs in the fleet's store (S3) older than min_age_s that no commit names: the same rule as
+    for OUTPUT_DIR's token files (never a running job's, never one whose record is gone)."""
+    chosen = []
+    for stored in store.outputs():
+        if stored.age_s < min_age_s:
+            continue
+        record = queue.record(stored.video_id)
+        if record is None or record.state is JobState.running or record.committed_token == stored.token:
+            continue
+        chosen.append(stored)
+    return chosen
+
+
 def clean_files(queue: RedisQueue, settings: Settings, report: CleanupReport, *, now_s: float | None = None) -> None:
     now_s = time.time() if now_s is None else now_s
     cutoff = now_s - settings.temp_max_age_hours * 3600
@@ -109,6 +123,13 @@ def clean_redis(queue: RedisQueue, settings: Settings, report: CleanupReport, *,
         if report.dry_run or queue.delete_job(vid, index="finished", cutoff_ms=cutoff_ms, states=("succeeded",)):
             report.job_records.append(vid)
     report.stream_entries, _ = queue.trim_stream(dry_run=report.dry_run)
+    from node.storage import build_store
+
+    store = build_store(settings)
+    for stored in select_orphan_objects(store, queue, settings.temp_max_age_hours * 3600):
+        report.orphan_outputs.append(stored.uri)
+        if not report.dry_run:
+            store.discard(stored.uri)
     # a live node polls the stream every QUEUE_BLOCK_MS, so an hour of silence means it is gone;
     # with nothing pending, deleting it drops no entry
     idle_ms = max(DEAD_CONSUMER_IDLE_MS, int(settings.job_lock_timeout * 10_000))

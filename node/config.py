@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     #: MiB; least-recently-used entries are evicted past this.
     audio_cache_max_size_mb: int = Field(default=512, ge=1)
     storage_type: Literal["local", "s3"] = "local"
+    #: STORAGE_TYPE=s3 (node/storage.py): outputs go to s3://S3_BUCKET/S3_PREFIX{video_id}/{token}.mp4
+    #: on any S3-compatible store (S3_ENDPOINT_URL for MinIO, Ceph, R2, ...); credentials come from
+    #: boto3's standard chain, never from here.
+    s3_bucket: str = ""
+    s3_prefix: str = "outputs/"
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    #: seconds a presigned HTTPS URL of an output stays valid in `status`/the API; 0 = none given.
+    s3_presign_ttl_s: float = Field(default=0, ge=0, le=7 * 86400)
+    #: MiB per multipart upload part (S3's minimum is 5); larger outputs upload in parts.
+    s3_multipart_chunk_mb: int = Field(default=8, ge=5, le=512)
 
     # --- job limits -------------------------------------------------------------------------------
     max_text_chars: int = Field(default=2000, ge=1)

@@ -118,10 +118,15 @@ def status(
     record = _guard(lambda: _queue(settings).record(video_id), as_json)
     if record is None:
         fail(EXIT_INVALID, "job_not_found", f"no job {video_id!r} in this queue", as_json)
+    from node.storage import build_store, with_output_url
+
+    shown = _guard(lambda: with_output_url(record.as_dict(), build_store(settings)), as_json)
     if as_json:
-        print(json.dumps(record.as_dict(), ensure_ascii=False))
+        print(json.dumps(shown, ensure_ascii=False))
     else:
         typer.echo(format_record(record, settings.max_job_attempts))
+        if shown.get("output_url"):
+            typer.echo(f"output url {shown['output_url']}")
 
 
 def format_record(r: JobRecord, max_attempts: int) -> str:

@@ -8,7 +8,8 @@ Drain: `drain()` (first SIGTERM/SIGINT) stops claiming and lets running jobs fin
 `stop_now()` (second signal, or SHUTDOWN_TIMEOUT) makes `should_stop()` true, so the render
 raises Cancelled at its next batch boundary and the job is released at once: back in the queue,
 the attempt not counted. Outputs are rendered to OUTPUT_DIR/{video_id}/{token}.mp4 (the encoder
-writes a hidden partial file and renames it), and only a fenced commit makes one the result.
+writes a hidden partial file and renames it), published to the node's store (kept there, or
+uploaded to S3: node/storage.py), and only a fenced commit makes one the result.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from node.logs import debug_enabled, job_context
 from node.node_state import NodeStatus, is_device_fault
 from node.queue import Claim, Entry, Fenced, RedisQueue
 from node.retry import JobError, decide_retry
+from node.storage import OutputStore, build_store
 from node.webhooks import MIN_PROGRESS_INTERVAL_S, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,11 @@ class Worker:
                  concurrency: int = 1,
                  node_id: str | None = None, hooks: Iterable[WorkerHooks] = (),
                  webhooks: WebhookSender | None = None, rand: Callable[[], float] = random.random,
-                 housekeeping: bool = True, models_ready: bool = True):
+                 housekeeping: bool = True, models_ready: bool = True, store: OutputStore | None = None):
         # One render function for every slot, or one per slot (slot i uses renders[i % n]): a node
         # with several GPUs gives each slot a Renderer of its own device.
         self.queue, self.settings = queue, settings
+        self.store = store or build_store(settings)  # where committed outputs go (STORAGE_TYPE)
         self._renders = list(render) if isinstance(render, (list, tuple)) else [render]
         self._slot = threading.local()
         self.concurrency = max(1, concurrency)
@@ -241,6 +244,13 @@ class Worker:
                     log.error("DEFUNCT: %s: %s; draining, the job goes to another node", type(e).__name__, e)
                     self.status.mark_defunct(f"{type(e).__name__}: {e}"[:300])
                     self.drain()
+            published = None
+            if not cancelled and error is None:
+                try:  # the output where the fleet will find it (node/storage.py), before the commit
+                    published = self.store.publish(output, claim.video_id, claim.token)
+                except Exception as e:
+                    error = JobError.of(e)
+                    log.warning("output not stored: %s", e)
             outcome = "released" if cancelled else "succeeded" if error is None else "failed"
             self._emit("render_finished", claim, outcome, result)
 
@@ -250,13 +260,14 @@ class Worker:
                                                                "message": why, "retryable": True})
                 log.info("released at a batch boundary: %s", why)
             elif error is None:
-                record = result.as_dict() | {"output": str(output), "token": claim.token, "node": self.node_id}
-                fenced = self._write(claim, "succeeded", result=record, summary=fleet_stats.result_summary(self.node_id, result))
-                if fenced is Fenced.refused:  # another node holds the job: this file is nobody's
-                    output.unlink(missing_ok=True)
+                record = result.as_dict() | {"output": published, "token": claim.token, "node": self.node_id}
+                fenced = self._write(claim, "succeeded", result=record,
+                                     summary=fleet_stats.result_summary(self.node_id, result))
+                if fenced is Fenced.refused:  # another node holds the job: this output is nobody's
+                    self._discard(published)
                     log.warning("commit refused: token %d was superseded; output discarded", claim.token)
                 elif fenced is not None:
-                    log.info("committed %s", output)
+                    log.info("committed %s", published)
             else:
                 decision = decide_retry(error, claim.attempts, s.max_job_attempts, base_s=s.retry_base_delay_s,
                                         cap_s=s.retry_max_delay_s, rand=self._rand)
@@ -269,6 +280,12 @@ class Worker:
         if fenced in (Fenced.written, Fenced.replayed) and outcome in ("succeeded", "failed", "dead"):
             self._final_webhook(claim.job, outcome, result=record,
                                 error=None if error is None else error.as_dict())
+
+    def _discard(self, output: str) -> None:
+        try:
+            self.store.discard(output)
+        except Exception as e:  # cleanup removes it later
+            log.warning("refused output %s not removed: %s", output, e)
 
     def _write(self, claim: Claim, outcome: str, **kwargs: Any) -> Fenced | None:
         """finish.lua, sent again while Redis is unreachable (it is idempotent per token);
