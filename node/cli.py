@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def render(
     persona: str = typer.Option("papa_noel", help="Persona name (a file in node/personas or PERSONAS_DIR)."),
     text: Optional[str] = typer.Option(None, help="What the persona says."),
-    audio: Optional[Path] = typer.Option(None, help="Use this speech instead of text-to-speech."),
+    audio: Optional[str] = typer.Option(None, help="Use this speech instead of text-to-speech (a file, or an "
+                                        "https:// or s3:// URL)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output MP4 (default OUTPUT_DIR/ID.mp4)."),
     avatar: Optional[str] = typer.Option(None, help="Bundled avatar name, a name in AVATARS_DIR, or a file."),
     strategy: Strategy = typer.Option(Strategy.auto, help="Which strategies to try."),
@@ -37,7 +38,7 @@ def render(
     """Render one video now, in this process."""
     settings = load_settings()
     request = {"video_id": video_id, "persona": persona, "text": text,
-               "audio": str(audio) if audio else None, "avatar": avatar,
+               "audio": audio, "avatar": avatar,
                "strategy": strategy.value, "engine": engine.value if engine else None}
     try:
         job = parse_job(request, max_text_chars=settings.max_text_chars)

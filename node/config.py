@@ -83,6 +83,8 @@ class Settings(BaseSettings):
 
     # --- job limits -------------------------------------------------------------------------------
     max_text_chars: int = Field(default=2000, ge=1)
+    #: MiB an input fetched from a URL (audio, avatar) may have (node/inputs.py).
+    input_max_mb: int = Field(default=500, ge=1)
     #: seconds of speech per job (text-to-speech output or uploaded audio).
     max_audio_seconds: float = Field(default=300.0, gt=0)
     #: pixels, either side of the base video.

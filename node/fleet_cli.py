@@ -20,6 +20,7 @@ import typer
 
 from node.cli_common import EXIT_FAILED, EXIT_INVALID, fail, load_settings
 from node.errors import InvalidInput, LipsyncError
+from node.input_guard import is_url
 from node.job import Engine, Strategy
 from node.lanes import Priority
 from node.records import JobRecord, JobState, iso_ms
@@ -55,7 +56,8 @@ def _guard(fn, as_json: bool = False):
 def submit(
     persona: str = typer.Option("papa_noel", help="Persona name."),
     text: Optional[str] = typer.Option(None, help="What the persona says."),
-    audio: Optional[Path] = typer.Option(None, help="Speech file instead of text: a path inside INPUTS_DIR (or AVATARS_DIR) on every node."),
+    audio: Optional[str] = typer.Option(None, help="Speech instead of text: an https:// or s3:// URL, or a "
+                                        "path inside INPUTS_DIR (or AVATARS_DIR) on every node."),
     avatar: Optional[str] = typer.Option(None, help="Bundled avatar name, a name in AVATARS_DIR, or a file."),
     strategy: Strategy = typer.Option(Strategy.auto, help="Which strategies to try."),
     engine: Optional[Engine] = typer.Option(None, help="Pin the lip-sync engine (strategy 1)."),
@@ -73,8 +75,10 @@ def submit(
     # paths are resolved here: the node that renders runs elsewhere (another cwd, maybe a shared mount)
     if avatar and Path(avatar).exists():
         avatar = str(Path(avatar).resolve())
+    if audio and not is_url(audio):
+        audio = str(Path(audio).resolve())
     request = {"video_id": video_id, "persona": persona, "text": text,
-               "audio": str(audio.resolve()) if audio else None, "avatar": avatar, "strategy": strategy.value, "engine": engine.value if engine else None,
+               "audio": audio, "avatar": avatar, "strategy": strategy.value, "engine": engine.value if engine else None,
                "webhook_url": webhook_url, "idempotency_key": idempotency_key,
                "priority": priority.value if priority else None}
     queue = _guard(lambda: _queue(settings), as_json)

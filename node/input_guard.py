@@ -104,6 +104,14 @@ def pinned(url: str, address: Address) -> tuple[str, dict[str, str], dict[str, s
     return urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header}, extensions
 
 
+URL_PREFIXES = ("https://", "http://", "s3://")
+
+
+def is_url(value: str | None) -> bool:
+    """An input given as a URL (fetched by node/inputs.py) rather than a local path or a name."""
+    return bool(value) and value.lower().startswith(URL_PREFIXES)
+
+
 def input_roots(avatars_dir: Path | None, inputs_dir: Path | None) -> list[Path]:
     """The folders a queued job's local files may be in: AVATARS_DIR, INPUTS_DIR, bundled avatars."""
     from node.avatars import BUNDLED_DIR
@@ -132,7 +140,7 @@ def looks_like_path(value: str) -> bool:
 def guard_queued_job(job, settings) -> None:
     """InvalidInput(path_not_allowed) when a queued job names a local file outside the roots."""
     roots = input_roots(settings.avatars_dir, settings.inputs_dir)
-    if job.audio:
+    if job.audio and not is_url(job.audio):  # URLs have their own checks, when fetched (node/inputs.py)
         check_local_path(job.audio, roots, field_name="audio")
-    if job.avatar and looks_like_path(job.avatar):
+    if job.avatar and not is_url(job.avatar) and looks_like_path(job.avatar):
         check_local_path(job.avatar, roots, field_name="avatar")

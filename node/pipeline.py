@@ -25,6 +25,8 @@ from node.config import Settings
 from node.encoder import EncoderChoice, VideoEncoder, choose_encoder
 from node.engines import LipSyncEngine, Speech, build_local_engines
 from node.errors import Cancelled, InvalidInput, LipsyncError, MediaError, RenderFailed
+from node.input_guard import is_url
+from node.inputs import fetch_input
 from node.job import Job, Strategy
 from node.logs import debug_enabled, job_context
 from node.media import decode_audio, iter_video_frames, probe, use_binaries
@@ -109,7 +111,7 @@ class Renderer:
         timings: dict[str, float] = {}
         attempts: list[Attempt] = []
         persona = load_persona(job.persona, self.settings.personas_dir, self.settings.environ())
-        base = self._open_avatar(job.avatar or persona.avatar)
+        base = self._open_avatar(job.avatar or persona.avatar, workdir)
         speech = self._speech(job, persona, workdir, attempts, timings)
         frame_count = max(1, math.ceil(speech.duration_s * float(base.fps) - 1e-9))
         inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir, persona,
@@ -236,8 +238,10 @@ class Renderer:
 
     # --- inputs ------------------------------------------------------------------------------
 
-    def _open_avatar(self, name: str) -> BaseVideo:
+    def _open_avatar(self, name: str, workdir: Path | None = None) -> BaseVideo:
         s = self.settings
+        if is_url(name):  # fetched with the checks of node/inputs.py, then checked as any file
+            name = str(fetch_input(name, workdir, "avatar", s))
         source = resolve_avatar(name, s.avatars_dir)
         try:
             info = probe(source.path)
@@ -253,7 +257,8 @@ class Renderer:
                 timings: dict[str, float]) -> Speech:
         t0 = time.perf_counter()
         if job.audio is not None:
-            speech = self._load_speech(Path(job.audio), "upload")
+            audio = fetch_input(job.audio, workdir, "audio", self.settings) if is_url(job.audio) else Path(job.audio)
+            speech = self._load_speech(audio, "upload")
         else:
             speech = self._synthesize(job.text, persona, workdir, attempts)
         timings["tts"] = round(time.perf_counter() - t0, 3)

@@ -79,7 +79,7 @@ class S3Store:
             raise InvalidInput("invalid_setting", "STORAGE_TYPE=s3 needs S3_BUCKET")
         self.bucket, self.prefix = settings.s3_bucket, settings.s3_prefix
         self.presign_ttl_s = settings.s3_presign_ttl_s
-        self.client = client or _client(settings)
+        self.client = client or s3_client(settings)
         from boto3.s3.transfer import TransferConfig
 
         chunk = settings.s3_multipart_chunk_mb * (1 << 20)
@@ -140,7 +140,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _client(settings: Settings):
+def s3_client(settings: Settings):
     try:
         import boto3
         from botocore.config import Config

@@ -208,4 +208,32 @@ def kill_all(procs) -> None:
             pass
 
 
+# --- an S3-protocol server on loopback (moto's server mode) -----------------------------------------
 
+BUCKET = "renders"
+CANARY_SECRET = "s3-canary-secret-0b7e"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer  # the dev extra; a missing one fails, never skips
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{server._port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(fleet_settings, s3_endpoint, monkeypatch, tmp_path):
+    """Fleet settings on S3, with canary credentials from the environment (boto3's chain)."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "canary-akid", "AWS_SECRET_ACCESS_KEY": CANARY_SECRET,
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"{BUCKET}-{fleet_settings.redis_key_prefix.strip(':').lower()}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return fleet_settings.model_copy(update={"storage_type": "s3", "s3_bucket": bucket,
+                                             "s3_endpoint_url": s3_endpoint, "s3_presign_ttl_s": 600})

@@ -12,7 +12,6 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from node.cleanup import CleanupReport, clean_redis
 from node.errors import QueueUnavailable
@@ -25,29 +24,7 @@ from tests.conftest import REPO
 from tests.fleet.conftest import free_port, job_request, wait_for, worker_env
 from tests.fleet.test_worker import writes_output
 
-BUCKET = "renders"
-CANARY_SECRET = "s3-canary-secret-0b7e"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{server._port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_settings(fleet_settings, s3_endpoint, monkeypatch, tmp_path):
-    """Fleet settings on S3, with canary credentials from the environment (boto3's chain)."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "canary-akid", "AWS_SECRET_ACCESS_KEY": CANARY_SECRET,
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"{BUCKET}-{fleet_settings.redis_key_prefix.strip(':').lower()}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return fleet_settings.model_copy(update={"storage_type": "s3", "s3_bucket": bucket,
-                                             "s3_endpoint_url": s3_endpoint, "s3_presign_ttl_s": 600})
+from tests.fleet.conftest import CANARY_SECRET
 
 
 def objects(settings) -> dict[str, dict]:
