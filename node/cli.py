@@ -186,6 +186,7 @@ app.command("cleanup")(fleet_cli.cleanup)
 app.command("metrics")(fleet_cli.metrics)
 app.command("api")(fleet_cli.api)
 app.command("schema")(fleet_cli.schema)
+app.command("migrate-keys")(fleet_cli.migrate_keys)
 app.add_typer(fleet_cli.dlq_app, name="dlq")
 
 if __name__ == "__main__":  # pragma: no cover

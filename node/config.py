@@ -189,8 +189,14 @@ class Settings(BaseSettings):
     # --- queue and fleet ---------------------------------------------------------------------------
     #: redis://, rediss:// (TLS), with an ACL user and password in the URL where needed.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Every key the fleet uses starts with this, so several fleets (or tests) share one Redis.
+    #: Every key the fleet uses starts with this, inside a hash tag ("{lipsync}:..."), so several
+    #: fleets (or tests) share one Redis and each fleet's keys one cluster slot.
     redis_key_prefix: str = Field(default="lipsync:", min_length=1)
+    #: Replicas that must have a submit or a commit before it is acknowledged (Redis WAIT; 0 = none):
+    #: with 1, a failover to that replica loses no acknowledged job. Not with redis+cluster://.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=10)
+    #: seconds a WAIT may take; on timeout the write stands and a warning says how many confirmed.
+    redis_wait_timeout_s: float = Field(default=1.0, gt=0)
     #: seconds; a command that gets no reply in this long counts as Redis being unavailable.
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
     #: Attempts per job (claims that crashed or failed count; a drain release does not).

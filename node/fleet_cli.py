@@ -329,3 +329,17 @@ def schema() -> None:
     from node.entries import SCHEMA_PATH
 
     typer.echo(SCHEMA_PATH.read_text(), nl=False)
+
+
+def migrate_keys(dry_run: bool = typer.Option(False, "--dry-run", help="Only list the keys that would move."),
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Move this fleet's keys to their hash-tagged names (once, after upgrading, fleet stopped)."""
+    settings = load_settings()
+    from node.migrate import migrate_keys as migrate
+
+    queue = _guard(lambda: _queue(settings), as_json)
+    moved = _guard(lambda: migrate(queue.client, settings.redis_key_prefix, dry_run=dry_run), as_json)
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "moved": len(moved), "keys": [new for _, new in moved]}))
+    else:
+        typer.echo(f"{len(moved)} key(s) {'would move' if dry_run else 'moved'} to the hash-tagged names")

@@ -1,6 +1,7 @@
 """The Redis broker: a stream of job entries, job records in hashes, leases with fencing tokens.
 
-Key schema (every key starts with REDIS_KEY_PREFIX, `p` below):
+Key schema (every key starts with REDIS_KEY_PREFIX in a hash tag, `p` below: "lipsync:" becomes
+"{lipsync}:", so a fleet's keys share one cluster slot and every script's keys one node):
 
     {p}stream            stream  entries {payload: job JSON} of the normal lane, read by the
                                  consumer group "nodes"
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -46,6 +49,8 @@ from node.job import Job, parse_job
 from node.lanes import LANES, Priority, lane_of, lane_order
 from node.records import JobRecord
 from node.redis_conn import connect, redis_errors
+
+log = logging.getLogger(__name__)
 
 #: The consumer group every node reads the stream with.
 GROUP = "nodes"
@@ -104,9 +109,19 @@ class SubmitResult:
     created: bool
 
 
+def tagged(prefix: str) -> str:
+    """REDIS_KEY_PREFIX with a hash tag: "lipsync:" -> "{lipsync}:", so every key of the fleet
+    hashes to one cluster slot (a prefix that already has a {tag} is kept as it is)."""
+    if re.search(r"\{[^}]+\}", prefix):
+        return prefix
+    name = prefix.rstrip(":") or prefix
+    return "{" + name + "}" + prefix[len(name):]
+
+
 class Keys:
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, prefix: str, *, hash_tag: bool = True):
+        """`hash_tag=False` only for `migrate-keys`, which reads the names of before the tag."""
+        self.prefix = prefix = tagged(prefix) if hash_tag else prefix
         self.stream, self.running, self.delayed = f"{prefix}stream", f"{prefix}running", f"{prefix}delayed"
         self.dlq, self.finished, self.refusals = f"{prefix}dlq", f"{prefix}finished", f"{prefix}refusals"
         self.results = f"{prefix}results"
@@ -136,9 +151,22 @@ class RedisQueue:
         self._turns: dict[str, int] = {}  # consumer -> entries it has read (its lane-order turn)
         self._by_stream = {name.encode(): lane for lane, name in self.keys.streams.items()}
 
-    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _run(self, name: str, keys: list[str], args: list[Any], *, durable: bool = False) -> Any:
+        """Run a script. `durable` (a write a client is told about: a submit, a commit): with
+        REDIS_WAIT_REPLICAS, also WAIT on the same connection until that many replicas have it,
+        so a failover after the reply cannot lose it (README: what replication can lose)."""
+        replicas = self.settings.redis_wait_replicas if durable else 0
         with redis_errors():
-            return self._scripts[name](keys=keys, args=args)
+            if not replicas:
+                return self._scripts[name](keys=keys, args=args)
+            pipe = self.client.pipeline(transaction=False)  # one connection: WAIT covers its writes
+            self._scripts[name](keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, int(self.settings.redis_wait_timeout_s * 1000))
+            reply, acked = pipe.execute()
+        if int(acked) < replicas:
+            log.warning("%s: %d of %d replicas confirmed the write within %.1fs", name, int(acked), replicas,
+                        self.settings.redis_wait_timeout_s)
+        return reply
 
     def ensure_group(self) -> None:
         """Create each lane's stream and its consumer group if missing (from id 0: entries written
@@ -174,7 +202,7 @@ class RedisQueue:
         lane = lane_of(job.priority)
         kind, vid, state = _strs(self._run(
             "submit", [self.keys.job(job.video_id), self.keys.idem(key or ""), self.keys.streams[lane]],
-            [job.video_id, payload, sha, key or "", lane.value]))
+            [job.video_id, payload, sha, key or "", lane.value], durable=True))
         if kind == "conflict":
             raise JobConflict(f"job {vid!r} already exists ({state}) with a different payload; "
                               "use another video_id or idempotency_key")
@@ -276,7 +304,7 @@ class RedisQueue:
                        k.refusals, k.results],
             [claim.token, claim.owner, GROUP, outcome, json.dumps(result) if result else "",
              json.dumps(error) if error else "", int(delay_s * 1000), claim.node_id,
-             json.dumps(summary) if summary else "", RESULTS_MAXLEN])
+             json.dumps(summary) if summary else "", RESULTS_MAXLEN], durable=True)
         return _FENCED[int(code)]
 
     def dead_letter(self, entry: Entry, code: str, message: str) -> str:

@@ -1,7 +1,17 @@
 """The Redis connection every fleet component uses, and the translation of redis-py's errors.
 
-Explicit timeouts and no hidden retries (as httpx clients are built): the callers decide what to
-retry, and every script they call is safe to send again.
+REDIS_URL forms (the password, where there is one, is never logged: `redact_url`):
+
+    redis://[user:password@]host:6379/0          one server (or a managed primary endpoint)
+    rediss://...                                 the same over TLS
+    redis+cluster://[user:password@]host:6379    Redis Cluster (ElastiCache cluster mode, ...):
+                                                 any node; the others are discovered
+    redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]
+                                                 Sentinel: the current primary of `service`
+
+Every key of a fleet carries one hash tag (node/queue.py's Keys), so a queue lives in one slot and
+each Lua script's keys are on one node of a cluster. Explicit timeouts and no hidden retries (as
+httpx clients are built): the callers decide what to retry, and every script is safe to send again.
 """
 
 from __future__ import annotations
@@ -19,22 +29,45 @@ from node.errors import BrokerError, QueueUnavailable
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """A client with explicit timeouts and no hidden retries: the callers decide what to retry,
-    and every script they call is safe to send again."""
+    """A client for REDIS_URL (a server, a cluster or a Sentinel-managed primary)."""
     timeout = settings.redis_socket_timeout_s + settings.queue_block_ms / 1000  # blocking reads
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                socket_connect_timeout=settings.redis_socket_timeout_s,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=30)
+    options = dict(socket_timeout=timeout, socket_connect_timeout=settings.redis_socket_timeout_s)
+    url = settings.redis_url
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from redis.cluster import RedisCluster
+
+        # a moved slot or a failed-over primary is followed by redis-py itself (a topology
+        # refresh, not a retry of our commands)
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    if scheme == "redis+sentinel":
+        return _sentinel_primary(url, options)
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=30, **options)
+
+
+def _sentinel_primary(url: str, options: dict) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel:// needs the service name: redis+sentinel://h1:26379,h2:26379/mymaster")
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(hosts, socket_timeout=options["socket_connect_timeout"])
+    return sentinel.master_for(path[0], db=db, password=parts.password, **options)
 
 
 def redact_url(url: str) -> str:
-    """REDIS_URL for logs: the password replaced by ***."""
+    """REDIS_URL for logs: the password replaced by *** (also in a Sentinel URL's host list)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hosts}"))
 
 
 @contextlib.contextmanager

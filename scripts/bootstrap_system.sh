@@ -9,6 +9,7 @@ command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # tests/fleet start their own
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)  # redis-cli --cluster create (tests)
 [ ${#missing[@]} -eq 0 ] && exit 0
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -35,9 +35,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child on 127.0.0.1:port, data in `workdir`; restartable on the same port."""
 
-    def __init__(self, workdir: Path, *, aof: bool = False):
+    def __init__(self, workdir: Path, *, aof: bool = False, port: int | None = None, extra: tuple[str, ...] = ()):
         self.binary = require_tool("redis-server")
-        self.workdir, self.aof, self.port = workdir, aof, free_port()
+        self.workdir, self.aof, self.port, self.extra = workdir, aof, port or free_port(), list(extra)
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -47,7 +47,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                "--save", "", "--protected-mode", "yes", "--loglevel", "warning"]
+                "--save", "", "--protected-mode", "yes", "--loglevel", "warning", *self.extra]
         if self.aof:  # every write fsynced before the reply: a restart loses nothing acknowledged
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,6 +13,7 @@ import pytest
 from node.api import serve_api
 from node.entries import SCHEMA_PATH, job_json_schema
 from node.job import Job
+from node.lanes import Priority
 from node.pipeline import Renderer
 from node.records import JobState
 from node.worker import renderer_render
@@ -38,7 +39,7 @@ def test_an_entry_added_as_redis_cli_adds_it_is_rendered(queue, media, start_wor
     start_worker(renderer_render(Renderer(fleet_settings)))
     payload = json.dumps({"video_id": "from-cli", "audio": str(media["speech"]), "avatar": str(media["avatar"]),
                           "strategy": "lipsync", "engine": "mock"})
-    queue.client.xadd(f"{fleet_settings.redis_key_prefix}stream:rush", {"payload": payload})
+    queue.client.xadd(queue.keys.streams[Priority.rush], {"payload": payload})
     # Then a node renders it, in the rush lane
     record = wait_for(lambda: (r := queue.record("from-cli")) and r.terminal and r, 30, "the render")
     assert record.state is JobState.succeeded and record.lane == "rush"
