@@ -37,6 +37,9 @@ def test_compose_runs_workers_that_drain_and_report_readiness():
     port = worker["environment"]["HEALTH_PORT"]
     assert f"127.0.0.1:{port}/readyz" in " ".join(worker["healthcheck"]["test"])
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    # An S3-compatible store for local trials is optional, with its bucket made and no baked-in password
+    assert services["minio"]["profiles"] == services["minio-bucket"]["profiles"] == ["s3"]
+    assert "?" in services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
     # Prometheus is optional and scrapes that same port
     assert services["prometheus"]["profiles"] == ["monitoring"]
     scrape = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())["scrape_configs"][0]
