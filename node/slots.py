@@ -7,6 +7,7 @@ run side by side (GPU.md). One job per GPU leaves the GPU idle most of the time,
 
     slots per GPU  = clamp(cores per GPU // CPU_CORES_PER_SLOT, 1, MAX_SLOTS_PER_GPU)
     x264 threads   = cores // slots (each encode its share, not one thread per core each)
+    torch threads  = cores // slots on a node without GPU (the models run on those cores too)
 
 With NVENC the encode leaves the CPU, so one slot per GPU (a GPU's NVENC sessions are few). A node
 without a GPU runs one slot per CPU_CORES_PER_SLOT cores, at least one. `worker --concurrency` or
@@ -34,6 +35,9 @@ class SlotPlan:
     devices: list[str]  # TORCH_DEVICE of each Renderer; slot i renders with devices[i % len]
     x264_threads: int | None  # per encode; None: ffmpeg's own default (a lone job on the node)
     reason: str
+    #: torch intra-op threads for the process on a node without GPU, where the models share the
+    #: cores with the encoders: each slot's model calls get its share (None: torch's default).
+    torch_threads: int | None = None
 
 
 def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -69,7 +73,8 @@ def plan_slots(*, cores: int, gpus: int, codec: str, torch_device: str = "auto",
         devices = [torch_device]
     if x264_threads is None and slots > 1 and codec == "libx264":
         x264_threads = max(1, cores // slots)
-    return SlotPlan(slots, devices, x264_threads, why)
+    torch_threads = max(1, cores // slots) if gpus == 0 and slots > 1 else None
+    return SlotPlan(slots, devices, x264_threads, why, torch_threads)
 
 
 def gpu_count() -> int:

@@ -143,6 +143,10 @@ def worker(
                       x264_threads=settings.x264_threads)
     log.info("slots: %d on %s, x264 threads %s each (%s)", plan.slots, ", ".join(plan.devices),
              plan.x264_threads or "ffmpeg's default", plan.reason)
+    if plan.torch_threads:  # process-wide: the slots' model calls then share the cores evenly
+        import torch
+
+        torch.set_num_threads(plan.torch_threads)
     renderers = slot_renderers(settings, plan, RedisGenerationStore(settings), encoder)
     log.info("encoder: %s (%s); batches: %s", encoder.codec, encoder.reason, renderers[0].batch_summary())
     render = [renderer_render(r) for r in renderers]

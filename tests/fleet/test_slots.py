@@ -34,6 +34,13 @@ def test_the_slot_count_follows_the_cores_each_gpu_has(cores, gpus, slots):
     assert plan_slots(cores=cores, gpus=gpus, codec="libx264").slots == slots
 
 
+def test_on_a_node_without_gpu_the_models_get_each_slots_share_of_the_cores_too():
+    assert plan_slots(cores=8, gpus=0, codec="libx264").torch_threads == 4  # two slots of 4 cores
+    assert plan_slots(cores=2, gpus=0, codec="libx264", slots=2).torch_threads == 1
+    assert plan_slots(cores=2, gpus=0, codec="libx264").torch_threads is None  # a lone slot: torch's default
+    assert plan_slots(cores=16, gpus=1, codec="libx264").torch_threads is None  # the models are on the GPU
+
+
 def test_nvenc_takes_the_encode_off_the_cpu_so_one_job_per_gpu():
     plan = plan_slots(cores=32, gpus=2, codec="h264_nvenc")
     assert (plan.slots, plan.devices, plan.x264_threads) == (2, ["cuda:0", "cuda:1"], None)
