@@ -40,6 +40,8 @@ bench: setup
 	$(BIN)/python bench/sync_overhead.py
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/audio_cache.py
+	$(BIN)/python bench/render_slots.py
+	$(BIN)/python bench/avatar_fleet.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from node.avatar_cache import touch
 from node.errors import InvalidInput, MediaError
 from node.media import IMAGE_SUFFIXES, VideoInfo, iter_video_frames
 from node.once import one_at_a_time
@@ -126,6 +127,7 @@ class BaseVideo:
         with one_at_a_time(f"frames:{key}"):
             if not meta_path.is_file():
                 _decode_into(source.path, info, folder)
+        touch(folder)  # the avatar cache's LRU clock (node/avatar_cache.py)
         meta = json.loads(meta_path.read_text())
         return cls(source, info, folder / "frames.u8", meta["frames"], meta["width"], meta["height"])
 

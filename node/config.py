@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     temp_dir: Path = Path(tempfile.gettempdir()) / "lipsync-node"
     #: Decoded base videos and per-avatar preparation, keyed by content hash.
     avatar_cache_dir: Path = _CACHE_ROOT / "avatars"
+    #: MiB; whole avatars are evicted from AVATAR_CACHE_DIR past this, least recently used first.
+    avatar_cache_max_size_mb: int = Field(default=20480, ge=1)
     audio_cache_dir: Path = _CACHE_ROOT / "audio"
     #: Artefacts derived from weight files (ONNX exports of the Wav2Lip generator), keyed by the
     #: weight file's hash: made once per checkpoint, never edited by hand.
@@ -74,6 +76,8 @@ class Settings(BaseSettings):
     #: boto3's standard chain, never from here.
     s3_bucket: str = ""
     s3_prefix: str = "outputs/"
+    #: Where prepared avatars (face tracks, MuseTalk latents) are shared with the fleet.
+    s3_avatar_prefix: str = "avatars/"
     s3_endpoint_url: str = ""
     s3_region: str = ""
     #: seconds a presigned HTTPS URL of an output stays valid in `status`/the API; 0 = none given.

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from node.avatar_cache import AvatarCacheKeeper
 from node.avatars import AVATAR_NAME_RE, BaseVideo, resolve_avatar, validate_video
 from node.chain import Attempt, EngineStep, FileRendition, FrameRendition, StepInputs, observe_attempts, plan_steps
 from node.config import Settings
@@ -79,6 +81,8 @@ class Renderer:
         self.remote = remote if remote is not None else providers.remote
         self._encoder = encoder
         self.sync = SyncScoring(settings)
+        self.avatars = AvatarCacheKeeper(settings)  # the fleet's avatar cache, and the local bound
+        self._job = threading.local()  # the avatar this slot's job opened
 
     def batch_summary(self) -> str:
         """The one batch rule as it applies here, for the worker's start-up log."""
@@ -101,10 +105,14 @@ class Renderer:
         with job_context(job.video_id):
             workdir = self.settings.temp_dir / f"{job.video_id}-{uuid.uuid4().hex[:8]}"
             workdir.mkdir(parents=True, exist_ok=True)
+            self._job.avatar_key, result = None, None
             try:
-                return self._render(job, output, workdir, progress, should_stop)
+                result = self._render(job, output, workdir, progress, should_stop)
+                return result
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
+                if self._job.avatar_key:
+                    self.avatars.finished(self._job.avatar_key, result is not None and result.status == "succeeded")
 
     def _render(self, job, output, workdir, progress, should_stop) -> RenderResult:
         started = time.perf_counter()
@@ -112,6 +120,8 @@ class Renderer:
         attempts: list[Attempt] = []
         persona = load_persona(job.persona, self.settings.personas_dir, self.settings.environ())
         base = self._open_avatar(job.avatar or persona.avatar, workdir)
+        self._job.avatar_key = base.key
+        self.avatars.opened(base.key)
         speech = self._speech(job, persona, workdir, attempts, timings)
         frame_count = max(1, math.ceil(speech.duration_s * float(base.fps) - 1e-9))
         inputs = StepInputs(job, base, speech, frame_count, self.settings.lipsync_batch_size, workdir, persona,
