@@ -30,8 +30,9 @@ DEAD_LETTERED = Counter("lipsync_malformed_entries_total", "Malformed queue entr
                         ["code"])
 RENDER_SECONDS = Histogram("lipsync_render_seconds", "Render time per attempt (s).",
                            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
-STAGE_SECONDS = Histogram("lipsync_stage_seconds", "Time per render stage (s): tts, lipsync (local engine or "
-                          "remote generation), encode (time spent waiting on the encoder), sync.",
+STAGE_SECONDS = Histogram("lipsync_stage_seconds", "Time per render stage (s): tts, avatar_prep, lipsync (local "
+                          "engine or remote generation), encode (time spent waiting on the encoder), sync, "
+                          "upload.",
                           ["stage", "strategy", "provider"],
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900))
 FRAMES = Counter("lipsync_frames_rendered_total", "Video frames of succeeded renders, by strategy.", ["strategy"])
@@ -52,8 +53,9 @@ FLEET_SLOTS = Gauge("lipsync_fleet_live_slots", "Render slots of the fleet's liv
 GPU_MEMORY = Gauge("lipsync_gpu_memory_bytes", "CUDA memory of this process, by device and kind "
                    "(allocated, reserved, total).", ["device", "kind"])
 
-#: Stages of RenderResult.timings_s exported as STAGE_SECONDS ("total" is RENDER_SECONDS).
-STAGES = ("tts", "lipsync", "encode", "sync")
+#: Stages of RenderResult.timings_s exported as STAGE_SECONDS ("total" is RENDER_SECONDS):
+#: avatar_prep is the engine preparing (or reading) the avatar; upload the output to the store.
+STAGES = ("tts", "avatar_prep", "lipsync", "encode", "sync", "upload")
 
 
 class PrometheusHooks(WorkerHooks):

@@ -247,7 +247,10 @@ class Worker:
             published = None
             if not cancelled and error is None:
                 try:  # the output where the fleet will find it (node/storage.py), before the commit
+                    t0 = time.perf_counter()
                     published = self.store.publish(output, claim.video_id, claim.token)
+                    if isinstance(getattr(result, "timings_s", None), dict):
+                        result.timings_s["upload"] = round(time.perf_counter() - t0, 3)
                 except Exception as e:
                     error = JobError.of(e)
                     log.warning("output not stored: %s", e)

@@ -44,6 +44,7 @@ def test_a_render_is_committed_as_an_object_and_handed_out_presigned(queue, s3_s
     stored = objects(s3_settings)
     assert list(stored) == [key] and stored[key]["ContentType"] == "video/mp4"
     assert not (s3_settings.output_dir / "to-s3" / "1.mp4").exists()
+    assert record.result["timings_s"]["upload"] >= 0  # the upload is a stage of its own
     # and `status --json` gives a presigned HTTPS URL that serves the MP4 (never a credential)
     proc = subprocess.run([sys.executable, "-m", "node.cli", "status", "to-s3", "--json"], cwd=REPO,
                           env=worker_env(s3_settings, STORAGE_TYPE="s3", S3_BUCKET=s3_settings.s3_bucket,
