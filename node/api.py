@@ -42,6 +42,18 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+#: Our errors as HTTP statuses, most specific first (JobConflict and JobNotFound are InvalidInput).
+ERROR_STATUS = ((JobConflict, HTTPStatus.CONFLICT), (JobNotFound, HTTPStatus.NOT_FOUND),
+                (InvalidInput, HTTPStatus.BAD_REQUEST), (QueueUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
+                (LipsyncError, HTTPStatus.INTERNAL_SERVER_ERROR))
+
+
+def _status_of(error: Exception) -> HTTPStatus:
+    if isinstance(error, ApiError):
+        return error.status
+    return next(status for kind, status in ERROR_STATUS if isinstance(error, kind))
+
+
 def serve_api(queue: RedisQueue, token: str, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """Start the API on `host:port` (0 picks a free port: `server.server_port`); returns the server."""
     if not token:
@@ -65,18 +77,8 @@ def serve_api(queue: RedisQueue, token: str, port: int, host: str = "0.0.0.0") -
             try:
                 self._authorise()
                 route()
-            except ApiError as e:
-                self._reply(e.status, {"error": {"code": e.code, "message": e.message}})
-            except JobConflict as e:
-                self._reply(HTTPStatus.CONFLICT, {"error": {"code": e.code, "message": e.message}})
-            except JobNotFound as e:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": {"code": e.code, "message": e.message}})
-            except InvalidInput as e:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": {"code": e.code, "message": e.message}})
-            except QueueUnavailable as e:
-                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": {"code": e.code, "message": e.message}})
-            except LipsyncError as e:
-                self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": e.code, "message": e.message}})
+            except (ApiError, LipsyncError) as e:
+                self._reply(_status_of(e), {"error": {"code": e.code, "message": e.message}})
 
         def _authorise(self) -> None:
             given = (self.headers.get("Authorization") or "").encode()
