@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -191,3 +192,24 @@ def _decode_into(path: Path, info: VideoInfo, folder: Path) -> None:
     meta_tmp = folder / f"frames.json.{os.getpid()}.tmp"
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, folder / "frames.json")
+
+
+def install_avatar_file(source: Path, folder: Path, name: str) -> Path:
+    """Copy `source` (and its `.json` sidecar) in as `folder/name.<ext>`; other files of that name
+    are removed. Re-preparing the installed file itself is a no-op, never a deletion of it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    installed = folder / f"{name}{source.suffix.lower()}"
+    sidecar, installed_sidecar = source.with_suffix(".json"), folder / f"{name}.json"
+    keep = {installed.resolve(), installed_sidecar.resolve()}
+    for src, dest in ((source, installed), (sidecar, installed_sidecar)):
+        if not src.is_file() or (dest.exists() and dest.resolve() == src.resolve()):
+            continue
+        tmp = folder / f".{dest.name}.{os.getpid()}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)  # copied first: `source` may be one of the files removed below
+    if not sidecar.is_file():
+        keep.discard(installed_sidecar.resolve())
+    for old in folder.glob(f"{name}.*"):
+        if old.resolve() not in keep:
+            old.unlink()  # a re-prepared name replaces the old file, whatever its format
+    return installed

@@ -22,7 +22,9 @@ import numpy as np
 from node.avatars import BaseVideo
 from node.config import Settings
 from node.engines.base import LipSyncEngine, Speech
+from node.errors import RenderFailed
 from node.job import Job, Strategy
+from node.media import iter_video_frames, probe
 from node.personas import Persona
 from providers import media as provider_media
 from providers import metrics
@@ -210,3 +212,28 @@ def observe_attempts(attempts: list[Attempt]) -> None:
     """Count every recorded step by strategy (stage), provider and outcome (metrics)."""
     for a in attempts:
         metrics.CHAIN_STEPS.labels(a.stage, a.provider, a.outcome).inc()
+
+
+def frames_of_file(path: Path, frame_count: int) -> FrameRendition:
+    """A provider's video as frames, padded with its last frame if shorter than the speech."""
+    info = probe(path).video
+    if info is None:
+        raise RenderFailed(f"provider output {path.name} has no video stream", code="provider_bad_output")
+
+    def batches():
+        sent, last = 0, None
+        for batch in iter_video_frames(path, info.width, info.height, fps=info.fps):
+            batch = batch[: frame_count - sent]
+            if len(batch):
+                sent, last = sent + len(batch), batch[-1]
+                yield batch
+            if sent >= frame_count:
+                return
+        if last is None:
+            raise RenderFailed(f"provider output {path.name} has no frames", code="provider_bad_output")
+        while sent < frame_count:
+            n = min(16, frame_count - sent)
+            sent += n
+            yield np.repeat(last[None], n, axis=0)
+
+    return FrameRendition(info.width, info.height, info.fps, frame_count, batches())

@@ -21,8 +21,9 @@ from typing import Callable
 import numpy as np
 
 from node.avatar_cache import AvatarCacheKeeper
-from node.avatars import AVATAR_NAME_RE, BaseVideo, resolve_avatar, validate_video
-from node.chain import Attempt, EngineStep, FileRendition, FrameRendition, StepInputs, observe_attempts, plan_steps
+from node.avatars import AVATAR_NAME_RE, BaseVideo, install_avatar_file, resolve_avatar, validate_video
+from node.chain import (Attempt, EngineStep, FileRendition, FrameRendition, StepInputs, frames_of_file,
+                        observe_attempts, plan_steps)
 from node.config import Settings
 from node.encoder import EncoderChoice, VideoEncoder, choose_encoder
 from node.engines import LipSyncEngine, Speech, build_local_engines
@@ -31,7 +32,7 @@ from node.input_guard import is_url
 from node.inputs import fetch_input
 from node.job import Job, Strategy
 from node.logs import debug_enabled, job_context
-from node.media import decode_audio, iter_video_frames, probe, use_binaries
+from node.media import decode_audio, probe, use_binaries
 from node.personas import Persona, load_persona
 from node.provider_set import Providers, build_providers
 from node.sync import Candidate, SyncScoring, below_threshold, fix_offset, observe_sync
@@ -232,7 +233,7 @@ class Renderer:
         if not path.is_file():
             raise InvalidInput("avatar_not_found", f"avatar file {path} does not exist")
         base = self._open_avatar(str(path))  # validates and decodes into the frame cache
-        installed = _install_avatar_file(path, Path(self.settings.avatars_dir), name)
+        installed = install_avatar_file(path, Path(self.settings.avatars_dir), name)
         engines = {}
         for engine in self.engines.values():
             reason = engine.unavailable_reason()
@@ -325,7 +326,7 @@ class Renderer:
     def _encode(self, rendition: FrameRendition | FileRendition, speech: Speech, output: Path,
                 frame_count: int, progress: Progress | None, should_stop, monitor=None) -> dict[str, float]:
         if isinstance(rendition, FileRendition):
-            rendition = _frames_of_file(rendition.path, frame_count)
+            rendition = frames_of_file(rendition.path, frame_count)
         s = self.settings
         encoder = VideoEncoder(output, rendition.width, rendition.height, rendition.fps, speech.path,
                                speech.duration_s, codec=self.encoder.codec, crf=s.video_crf,
@@ -363,27 +364,6 @@ class Renderer:
                                 round(time.perf_counter() - t0, 3)))
 
 
-def _install_avatar_file(source: Path, folder: Path, name: str) -> Path:
-    """Copy `source` (and its `.json` sidecar) in as `folder/name.<ext>`; other files of that name
-    are removed. Re-preparing the installed file itself is a no-op, never a deletion of it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    installed = folder / f"{name}{source.suffix.lower()}"
-    sidecar, installed_sidecar = source.with_suffix(".json"), folder / f"{name}.json"
-    keep = {installed.resolve(), installed_sidecar.resolve()}
-    for src, dest in ((source, installed), (sidecar, installed_sidecar)):
-        if not src.is_file() or (dest.exists() and dest.resolve() == src.resolve()):
-            continue
-        tmp = folder / f".{dest.name}.{os.getpid()}.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)  # copied first: `source` may be one of the files removed below
-    if not sidecar.is_file():
-        keep.discard(installed_sidecar.resolve())
-    for old in folder.glob(f"{name}.*"):
-        if old.resolve() not in keep:
-            old.unlink()  # a re-prepared name replaces the old file, whatever its format
-    return installed
-
-
 def _check_writable(output: Path) -> None:
     """Fail before any work when the output cannot be written (a wrong -o is the user's input)."""
     if output.is_dir():
@@ -394,28 +374,3 @@ def _check_writable(output: Path) -> None:
         raise InvalidInput("output_not_writable", f"cannot create {output.parent}: {e.strerror}") from e
     if not os.access(output.parent, os.W_OK):
         raise InvalidInput("output_not_writable", f"{output.parent} is not writable")
-
-
-def _frames_of_file(path: Path, frame_count: int) -> FrameRendition:
-    """A provider's video as frames, padded with its last frame if shorter than the speech."""
-    info = probe(path).video
-    if info is None:
-        raise RenderFailed(f"provider output {path.name} has no video stream", code="provider_bad_output")
-
-    def batches():
-        sent, last = 0, None
-        for batch in iter_video_frames(path, info.width, info.height, fps=info.fps):
-            batch = batch[: frame_count - sent]
-            if len(batch):
-                sent, last = sent + len(batch), batch[-1]
-                yield batch
-            if sent >= frame_count:
-                return
-        if last is None:
-            raise RenderFailed(f"provider output {path.name} has no frames", code="provider_bad_output")
-        while sent < frame_count:
-            n = min(16, frame_count - sent)
-            sent += n
-            yield np.repeat(last[None], n, axis=0)
-
-    return FrameRendition(info.width, info.height, info.fps, frame_count, batches())

@@ -24,7 +24,9 @@ script that commits its outcome. Each claim bumps the job's fencing token; every
 names its token and is refused once another claim has superseded it.
 
 redis-py errors are translated at this boundary into node.errors' BrokerError and
-QueueUnavailable; JobConflict and JobNotFound are the queue's InvalidInput cases.
+QueueUnavailable; JobConflict and JobNotFound are the queue's InvalidInput cases. This module is
+the job path; what operators and housekeeping ask (records, DLQ retry, trimming, depths) is
+node/queue_admin.py, the provider generation ids node/generations.py.
 """
 
 from __future__ import annotations
@@ -43,17 +45,15 @@ import redis
 
 from node.config import Settings
 from node.entries import canonical_payload, idempotent_video_id
-from node.errors import InvalidInput, JobConflict, JobNotFound
+from node.errors import InvalidInput, JobConflict
 from node.input_guard import Allowlist, check_url
 from node.job import Job, parse_job
 from node.lanes import LANES, Priority, lane_of, lane_order
-from node.records import JobRecord
-from node.redis_conn import connect, redis_errors
+from node.queue_admin import GROUP, QueueAdmin
+from node.redis_conn import as_bytes, as_str, as_strs, connect, redis_errors, stream_fields
 
 log = logging.getLogger(__name__)
 
-#: The consumer group every node reads the stream with.
-GROUP = "nodes"
 #: Finished renders kept in {p}results (trimmed approximately, in finish.lua): about a busy day.
 RESULTS_MAXLEN = 100_000
 #: bytes of a malformed entry kept in its dead-letter record.
@@ -139,7 +139,7 @@ class Keys:
         return f"{self.prefix}lock:{name}"
 
 
-class RedisQueue:
+class RedisQueue(QueueAdmin):
     """One fleet's queue on one Redis. Thread-safe (redis-py pools connections)."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None):
@@ -200,7 +200,7 @@ class RedisQueue:
             self.ensure_group()
         sha = hashlib.sha256(payload.encode()).hexdigest()
         lane = lane_of(job.priority)
-        kind, vid, state = _strs(self._run(
+        kind, vid, state = as_strs(self._run(
             "submit", [self.keys.job(job.video_id), self.keys.idem(key or ""), self.keys.streams[lane]],
             [job.video_id, payload, sha, key or "", lane.value], durable=True))
         if kind == "conflict":
@@ -224,11 +224,11 @@ class RedisQueue:
                 reply = self._scripts["read"](keys=[self.keys.streams[lane] for lane in order],
                                               args=[GROUP, consumer])
                 if reply:
-                    entries = [Entry(_str(reply[1]), _pairs(reply[2]), order[int(reply[0]) - 1])]
+                    entries = [Entry(as_str(reply[1]), stream_fields(reply[2]), order[int(reply[0]) - 1])]
                 else:  # every lane empty: wait on all of them at once
                     blocked = self.client.xreadgroup(GROUP, consumer, {self.keys.streams[lane]: ">" for lane in order},
                                                      count=1, block=block_ms)
-                    entries = [Entry(_str(eid), fields, self._by_stream[_bytes(stream)])
+                    entries = [Entry(as_str(eid), fields, self._by_stream[as_bytes(stream)])
                                for stream, rows in (blocked or []) for eid, fields in rows]
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
@@ -266,7 +266,7 @@ class RedisQueue:
                     self._group_ready = False
                     return []
             # entries trimmed while pending come back as None; trimming never drops pending ones
-            entries = [Entry(_str(eid), fields, lane) for eid, fields in reply[1] if fields is not None]
+            entries = [Entry(as_str(eid), fields, lane) for eid, fields in reply[1] if fields is not None]
             if entries:
                 return entries
         return []
@@ -275,7 +275,7 @@ class RedisQueue:
         payload = canonical_payload(job)
         sha = hashlib.sha256(payload.encode()).hexdigest()
         sent = time.monotonic()
-        reply = _strs(self._run(
+        reply = as_strs(self._run(
             "claim", [self.keys.job(job.video_id), self.keys.streams[entry.lane], self.keys.running, self.keys.dlq],
             [entry.entry_id, GROUP, owner, node_id, int(self.settings.job_lock_timeout * 1000), payload, sha,
              self.settings.max_job_attempts, job.video_id, entry.lane.value]))
@@ -327,149 +327,10 @@ class RedisQueue:
         with redis_errors():
             due = self.client.zrangebyscore(self.keys.delayed, "-inf", int(time.time() * 1000), start=0, num=limit)
         moved = 0
-        for vid in map(_str, due):
+        for vid in map(as_str, due):
             moved += int(self._run("promote", [self.keys.job(vid), self.keys.delayed, *self._lane_streams()], [vid]))
         return moved
-
-    # --- operators -------------------------------------------------------------------------------
-
-    def record(self, video_id: str) -> JobRecord | None:
-        with redis_errors():
-            h = self.client.hgetall(self.keys.job(video_id))
-        return JobRecord.from_hash({_str(k): _str(v) for k, v in h.items()}) if h else None
-
-    def index(self, name: str, *, max_ms: float = float("inf")) -> list[tuple[str, int]]:
-        """Members of a zset index (dlq, finished, running, delayed) scored up to max_ms, oldest first."""
-        with redis_errors():
-            rows = self.client.zrangebyscore(getattr(self.keys, name), "-inf",
-                                             "+inf" if max_ms == float("inf") else int(max_ms), withscores=True)
-        return [(_str(m), int(s)) for m, s in rows]
-
-    def dlq_retry(self, video_id: str) -> None:
-        code = int(self._run("dlq_retry", [self.keys.job(video_id), self.keys.dlq, *self._lane_streams()], [video_id]))
-        if code == -1:
-            raise InvalidInput("not_retryable", f"{video_id} is a malformed queue entry; fix it and submit a job")
-        if code == 0:
-            if self.record(video_id) is None:
-                raise JobNotFound(video_id)
-            raise InvalidInput("not_in_dlq", f"job {video_id!r} is not failed or dead")
-
-    def delete_job(self, video_id: str, *, index: str, cutoff_ms: int, states: tuple[str, ...]) -> bool:
-        """Delete a record still in one of `states` and finished at or before cutoff_ms."""
-        with redis_errors():
-            key = self.client.hget(self.keys.job(video_id), "idempotency_key")
-        return bool(self._run("delete_job", [self.keys.job(video_id), self.keys.idem(_str(key or b"")),
-                                             getattr(self.keys, index)],
-                              [video_id, cutoff_ms, ",".join(states)]))
 
     def _lane_streams(self) -> list[str]:
         """The lanes' streams in the order the promote and dlq_retry scripts take them."""
         return [self.keys.streams[lane] for lane in LANES]
-
-    def trim_stream(self, *, dry_run: bool = False) -> tuple[int, dict[str, str]]:
-        """Drop entries every group is done with; returns (entries dropped, MINID kept per lane)."""
-        dropped, kept = 0, {}
-        for lane, stream in self.keys.streams.items():
-            n, minid = self._run("trim_stream", [stream], ["1" if dry_run else "0"])
-            dropped, kept[lane.value] = dropped + int(n), _str(minid)
-        return dropped, kept
-
-    def pending_count(self) -> int:
-        total = 0
-        with redis_errors():
-            for stream in self.keys.streams.values():
-                try:
-                    total += int(self.client.xpending(stream, GROUP)["pending"])
-                except redis.ResponseError:  # no stream or group yet
-                    pass
-        return total
-
-    def depths(self) -> dict[tuple[str, str], int]:
-        """Jobs by where they are: ("queued", lane) not yet read by any slot, and ("delayed",
-        "all"), ("running", "all"), ("dlq", "all")."""
-        out = {}
-        with redis_errors():
-            for lane, stream in self.keys.streams.items():
-                try:
-                    group = next((g for g in self.client.xinfo_groups(stream) if _str(g["name"]) == GROUP), None)
-                except redis.ResponseError:  # no stream yet
-                    group = None
-                lag = group.get("lag") if group else 0
-                if lag is None:  # Redis cannot tell after deletions inside the stream: count them
-                    lag = len(self.client.xrange(stream, f"({_str(group['last-delivered-id'])}", "+", count=100_000))
-                out[("queued", lane.value)] = int(lag)
-            for name in ("delayed", "running", "dlq"):
-                out[(name, "all")] = int(self.client.zcard(getattr(self.keys, name)))
-        return out
-
-    def idle_consumers(self, min_idle_ms: int) -> list[str]:
-        """Consumers (node/slot names) with nothing pending in any lane, silent for at least min_idle_ms."""
-        busy, idle = set(), set()
-        with redis_errors():
-            for stream in self.keys.streams.values():
-                try:
-                    rows = self.client.xinfo_consumers(stream, GROUP)
-                except redis.ResponseError:  # no stream or group yet
-                    continue
-                for c in rows:
-                    quiet = int(c["pending"]) == 0 and int(c["idle"]) >= min_idle_ms
-                    (idle if quiet else busy).add(_str(c["name"]))
-        return sorted(idle - busy)
-
-    def delete_consumer(self, name: str) -> None:
-        with redis_errors():
-            for stream in self.keys.streams.values():
-                try:
-                    self.client.xgroup_delconsumer(stream, GROUP, name)
-                except redis.ResponseError:  # no stream or group yet
-                    pass
-
-    def refusals(self) -> dict[str, int]:
-        """Fenced writes refused, by "{node}|{kind}" (kind: commit, finish, progress, heartbeat)."""
-        with redis_errors():
-            return {_str(k): int(v) for k, v in self.client.hgetall(self.keys.refusals).items()}
-
-    def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take a lock for ttl_s unless someone holds it; never released early (a schedule slot)."""
-        with redis_errors():
-            return bool(self.client.set(self.keys.lock(name), owner, nx=True, px=max(1, int(ttl_s * 1000))))
-
-    def server_time_ms(self) -> int:
-        with redis_errors():
-            seconds, micros = self.client.time()
-        return seconds * 1000 + micros // 1000
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _strs(values: list) -> list:
-    return [_str(v) if isinstance(v, bytes) else v for v in values]
-
-
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _pairs(flat: list) -> dict[bytes, bytes]:
-    """A script's flat [field, value, ...] reply as the dict redis-py gives for stream entries."""
-    return {_bytes(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-class RedisGenerationStore:
-    """providers.base.GenerationStore on the job record (field `generation:{provider}`), so a job
-    retried on any node resumes the provider generation it already paid for."""
-
-    def __init__(self, settings: Settings, client: redis.Redis | None = None):
-        self.keys = Keys(settings.redis_key_prefix)
-        self.client = client if client is not None else connect(settings)
-
-    def get(self, video_id: str, provider: str) -> str | None:
-        with redis_errors():
-            value = self.client.hget(self.keys.job(video_id), f"generation:{provider}")
-        return value.decode() if isinstance(value, bytes) else value
-
-    def put(self, video_id: str, provider: str, generation_id: str) -> None:
-        with redis_errors():
-            self.client.hset(self.keys.job(video_id), f"generation:{provider}", generation_id)

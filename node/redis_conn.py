@@ -17,7 +17,7 @@ httpx clients are built): the callers decide what to retry, and every script is 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -78,3 +78,20 @@ def redis_errors() -> Iterator[None]:
         raise QueueUnavailable(f"Redis unreachable: {type(e).__name__}: {e}") from e
     except redis.RedisError as e:
         raise BrokerError(f"Redis error: {type(e).__name__}: {e}") from e
+
+
+def as_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_strs(values: list) -> list:
+    return [as_str(v) if isinstance(v, bytes) else v for v in values]
+
+
+def as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def stream_fields(flat: list) -> dict[bytes, bytes]:
+    """A script's flat [field, value, ...] reply as the dict redis-py gives for stream entries."""
+    return {as_bytes(flat[i]): as_bytes(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -133,7 +133,7 @@ def worker(
     # record, so a retry on another node resumes a remote generation instead of paying twice.
     # The slot plan: several jobs per GPU while libx264 bounds the node, one Renderer per GPU.
     from node.encoder import choose_encoder
-    from node.queue import RedisGenerationStore
+    from node.generations import RedisGenerationStore
     from node.slots import available_cores, gpu_count, plan_slots
     from node.worker import renderer_render
 

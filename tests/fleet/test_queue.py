@@ -256,7 +256,7 @@ def test_an_entry_read_while_draining_is_given_back_at_once(queue, media):
 
 def test_generation_ids_live_on_the_job_record(queue, fleet_settings):
     # Given a provider generation stored by one node for a queued job
-    from node.queue import RedisGenerationStore
+    from node.generations import RedisGenerationStore
 
     queue.submit({"video_id": "gen1", "text": "hola"})
     RedisGenerationStore(fleet_settings, queue.client).put("gen1", "synclabs", "gen_42")
