@@ -48,13 +48,12 @@ def node_health(settings: Settings, *, check_redis: bool = False, verify: bool =
     components.append(_row("tts", tts.name, tts.unavailable_reason(), "GPL-3.0 (espeak-ng)"))
     engines = build_local_engines(settings)
     for name, engine in engines.items():
-        reason = engine.unavailable_reason()
-        if reason is None and bad_weights & {name, "shared"}:
-            reason = "a weight file does not match the manifest (see the weights rows)"
-        row = _row("engine", name, reason, engine.licence)
+        row = _row("engine", name, engine.unavailable_reason(), engine.licence)
+        if row["ready"] and bad_weights & {name, "shared"}:  # it loads, but not the published weights
+            row["note"] = "a weight file does not match the manifest (see the weights rows)"
         note = engine.readiness_note() if row["ready"] and hasattr(engine, "readiness_note") else None
         if note:  # e.g. musetalk: "DWPose absent: S3FD boxes"
-            row["note"] = note
+            row["note"] = "; ".join(filter(None, (note, row.get("note"))))
         components.append(row)
     components.append(_row("sync", "syncnet_expert", SyncScoring(settings).unavailable_reason(),
                            LICENCES["wav2lip"] + "; scoring only"))
