@@ -4,8 +4,17 @@ Like the official realtime mode's `prepare_material` (PIPELINES.md §4.7 #31), e
 depends only on the base video is computed once per avatar and engine parameters, so a job runs
 only whisper -> UNet -> decode -> blend -> encode. Per base frame i:
 
-    S3FD box       presence, and the fallback box (downscaled detection as the Wav2Lip track does)
-    face box       DWPose landmarks through `face_box` (PIPELINES.md §4.1 #2-5), else the S3FD box
+    S3FD box       presence, and the fallback box: `face_track.track_faces`, the Wav2Lip track's
+                   mechanism (the detector on keyframes, optical flow in between), unsmoothed
+    face box       DWPose landmarks through `landmark_box` (PIPELINES.md §4.1 #2-5), else the S3FD
+                   box. DWPose runs on the detector's keyframes only: the landmark box is kept
+                   relative to the S3FD box (its edges as fractions of that box's size from its
+                   centre), which the tracked similarity moves and scales unchanged, and that
+                   relation is interpolated between two keyframes of one segment. Why: DWPose costs
+                   about what S3FD does per frame; the head's rigid motion is what the box must
+                   follow, and the per-frame landmark box also followed the base video's own jaw
+                   (replaced by the generated mouth anyway) and its landmark noise, which made the
+                   crop, and so the pasted face, jitter by a few pixels
     paste box      `crop_face`'s box_used (the v1.5 +10 px chin margin); also the blend box
     latents        `encode_for_unet(crop, eps=0)`: the masked half and the reference, deterministic
     blend mask     `blend_mask(frame, paste box, parser, blur_ratio)`: the feathered parse mask over
@@ -14,9 +23,12 @@ only whisper -> UNet -> decode -> blend -> encode. Per base frame i:
 Cache layout, `<AVATAR_CACHE_DIR>/<base.key>/musetalk-<sha256(params)[:16]>/` (published by
 renaming a finished temporary folder, so a reader never sees half a cache):
 
-    meta.json         params, frame count, faceless count, box source, written before the rename
+    meta.json         params, frame count, faceless count, box source, detector and DWPose calls,
+                      written before the rename
     has_face.npy      bool (N,)
     box_source.npy    uint8 (N,): 0 no face, 1 S3FD box, 2 DWPose landmarks
+    detect_reason.npy uint8 (N,): models.face.tracking.TRACKED, or why the detector ran there
+    segment.npy       int32 (N,): continuous-track id (-1 faceless), see models.face.tracking
     boxes.npy         int32 (N, 4) paste boxes (x1, y1, x2, y2); zeros where faceless
     crop_boxes.npy    int32 (N, 4) blend crop boxes (cx-s, cy-s, cx+s, cy+s)
     latents.npy       float32 (N, 8, 32, 32), read memory-mapped; zeros where faceless
@@ -44,12 +56,18 @@ from typing import Callable
 import numpy as np
 
 from node.avatars import BaseVideo
-from node.engines.face_track import FaceDetector, detect_scaled
+from node.engines.face_track import (
+    CountingDetector,
+    FaceDetector,
+    detect_scaled,
+    release_freed_memory,
+    track_faces,
+)
 
 log = logging.getLogger(__name__)
 
-#: Bumped when anything below changes what is cached.
-PREP_VERSION = 1
+#: Bumped when anything below changes what is cached (2: keyframe detection + tracking).
+PREP_VERSION = 2
 #: Base frames per preparation batch (detector, VAE encoder): bounds preparation memory.
 PREP_BATCH = 8
 #: Box sources recorded per frame.
@@ -136,6 +154,7 @@ def load_or_prepare(base: BaseVideo, tools: Callable[[], PrepTools], params: dic
     tmp.mkdir(parents=True)
     try:
         summary = prepare_into(tmp, base, tools())
+        release_freed_memory()  # the detector's and DWPose's activations, before the render
         (tmp / "meta.json").write_text(json.dumps({"params": params, **summary}, sort_keys=True))
         try:
             os.replace(tmp, folder)
@@ -153,62 +172,113 @@ def prepare_into(folder: Path, base: BaseVideo, tools: PrepTools) -> dict:
     from models.musetalk.blending import blend_mask
 
     n = len(base)
+    detect = CountingDetector(tools.detect)
+    faces = track_faces(base, detect)  # pass 1: boxes (the detector on keyframes only)
+    boxes_in, source = place_face_boxes(base, faces, tools.landmarks)
     has_face = np.zeros(n, bool)
-    source = np.zeros(n, np.uint8)
     boxes = np.zeros((n, 4), np.int32)
     crop_boxes = np.zeros((n, 4), np.int32)
     offsets = np.zeros(n + 1, np.int64)
     latents = np.lib.format.open_memmap(folder / "latents.npy", "w+", np.float32, (n, *LATENT_SHAPE))
     with open(folder / "masks.u8", "wb") as masks:
-        for start in range(0, n, PREP_BATCH):
+        for start in range(0, n, PREP_BATCH):  # pass 2: crops, masks, latents
             frames = base.take(range(start, min(n, start + PREP_BATCH)))
-            faces, rows = [], []
-            for k, (frame, s3fd_box) in enumerate(zip(frames, detect_full_res(frames, tools.detect))):
+            faces_batch, rows = [], []
+            for k, frame in enumerate(frames):
                 i = start + k
-                box, src = _face_box(frame, s3fd_box, tools.landmarks)
-                if box is None:
-                    offsets[i + 1] = offsets[i]
+                offsets[i + 1] = offsets[i]
+                if source[i] == NO_FACE:
                     continue
                 try:
-                    face, used = crop_face(frame, box)
+                    face, used = crop_face(frame, tuple(int(v) for v in boxes_in[i]))
                     mask, cbox = blend_mask(frame, used, tools.parser, blur_ratio=tools.blur_ratio)
                 except ValueError as e:  # an empty or out-of-frame box: nothing to paste
-                    log.debug("frame %d: box %s unusable (%s): passes through", i, box, e)
-                    offsets[i + 1] = offsets[i]
+                    log.debug("frame %d: box %s unusable (%s): passes through", i, boxes_in[i], e)
+                    source[i] = NO_FACE
                     continue
                 masks.write(np.ascontiguousarray(mask, np.uint8).tobytes())
                 offsets[i + 1] = offsets[i] + mask.size
-                has_face[i], source[i], boxes[i], crop_boxes[i] = True, src, used, cbox
-                faces.append(face)
+                has_face[i], boxes[i], crop_boxes[i] = True, used, cbox
+                faces_batch.append(face)
                 rows.append(i)
-            if faces:
-                latents[rows] = tools.encode(np.stack(faces))
+            if faces_batch:
+                latents[rows] = tools.encode(np.stack(faces_batch))
     latents.flush()
     del latents
     for name, array in (("has_face", has_face), ("box_source", source), ("boxes", boxes),
-                        ("crop_boxes", crop_boxes), ("mask_offsets", offsets)):
+                        ("crop_boxes", crop_boxes), ("mask_offsets", offsets), ("detect_reason", faces.reason),
+                        ("segment", faces.segment)):
         np.save(folder / f"{name}.npy", array)
     if not has_face.any():
         log.warning("no face found in any frame of avatar %s: its frames will pass through", base.source.name)
+    keyframes_with_face = int((faces.detected & faces.has_face).sum())
     return {"frames": n, "faceless_frames": int((~has_face).sum()),
-            "dwpose_frames": int((source == FROM_DWPOSE).sum()), "s3fd_frames": int((source == FROM_S3FD).sum())}
+            "dwpose_frames": int((source == FROM_DWPOSE).sum()), "s3fd_frames": int((source == FROM_S3FD).sum()),
+            "detected_frames": int(faces.detected.sum()), "detector_calls": detect.calls,
+            "dwpose_calls": keyframes_with_face if tools.landmarks is not None else 0}
 
 
-def _face_box(frame: np.ndarray, s3fd_box, landmarks) -> tuple[tuple[int, int, int, int] | None, int]:
-    """(box, source) for one frame: DWPose landmarks where they give a valid box, else S3FD's."""
-    from models.musetalk.face_box import face_box, landmark_box, landmark_box_valid
+def place_face_boxes(base: BaseVideo, faces, landmarks) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (N, 4) int64, source (N,) uint8) per frame: the DWPose landmark box where the
+    keyframe's landmarks give a valid one (§4.1 #4), else the S3FD box (#3), else NO_FACE.
 
-    if s3fd_box is None:
-        return None, NO_FACE  # S3FD decides presence (§4.1 #3)
-    s3fd_box = tuple(int(v) for v in s3fd_box)
-    box, src = s3fd_box, FROM_S3FD
+    `faces`: `track_faces`' result. DWPose runs once per keyframe with a face; see the module
+    docstring for how its box reaches the frames between keyframes."""
+    from models.musetalk.face_box import landmark_box, landmark_box_valid
+
+    n = len(faces.has_face)
+    s3fd = _s3fd_boxes(faces.boxes, base.width, base.height)
+    keyframes = np.flatnonzero(faces.detected & faces.has_face)
+    relative = {}
     if landmarks is not None:
-        lm = landmarks(frame)
-        box = face_box(lm, s3fd_box)  # bbox_shift 0 for v1.5
-        src = FROM_DWPOSE if landmark_box_valid(landmark_box(lm)) else FROM_S3FD
-    if box is None or box[2] - box[0] < MIN_BOX_PX or box[3] - box[1] < MIN_BOX_PX or box[0] < 0 or box[1] < 0:
-        return None, NO_FACE
-    return box, src
+        for k in keyframes:
+            lm_box = landmark_box(landmarks(base.take([k])[0]))
+            if landmark_box_valid(lm_box):
+                relative[int(k)] = _relative(lm_box, faces.boxes[k])
+    boxes = np.zeros((n, 4), np.int64)
+    source = np.zeros(n, np.uint8)
+    for i in np.flatnonzero(faces.has_face):
+        box, src = tuple(int(v) for v in s3fd[i]), FROM_S3FD
+        slot = int(np.searchsorted(keyframes, i, side="right"))
+        a = int(keyframes[slot - 1])  # the keyframe this frame's track started from
+        if a in relative:
+            rel = relative[a]
+            b = int(keyframes[slot]) if slot < len(keyframes) else None
+            if b is not None and b in relative and faces.segment[b] == faces.segment[i]:
+                rel = rel + (relative[b] - rel) * (i - a) / (b - a)
+            lm_box = _absolute(rel, faces.boxes[i])
+            if landmark_box_valid(lm_box):
+                box, src = lm_box, FROM_DWPOSE
+        if box[2] - box[0] < MIN_BOX_PX or box[3] - box[1] < MIN_BOX_PX or box[0] < 0 or box[1] < 0:
+            continue
+        boxes[i], source[i] = box, src
+    return boxes, source
+
+
+def _s3fd_boxes(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Tracked boxes in integer pixels, rounded (a tracked box is sub-pixel) and clipped to the
+    frame as `detect_full_res` clips detections."""
+    out = np.floor(raw + 0.5)
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    return out.astype(np.int64)
+
+
+def _relative(box, reference) -> np.ndarray:
+    """`box`'s edges relative to `reference`: offsets from its centre in units of its size."""
+    ref = np.asarray(reference, np.float64)
+    centre = np.array([(ref[0] + ref[2]) / 2, (ref[1] + ref[3]) / 2] * 2)
+    size = np.maximum(np.array([ref[2] - ref[0], ref[3] - ref[1]] * 2), 1e-6)
+    return (np.asarray(box, np.float64) - centre) / size
+
+
+def _absolute(rel: np.ndarray, reference) -> tuple[int, int, int, int]:
+    """`_relative`'s inverse, in integer pixels; y1 floored at 0 as `landmark_box` does."""
+    ref = np.asarray(reference, np.float64)
+    centre = np.array([(ref[0] + ref[2]) / 2, (ref[1] + ref[3]) / 2] * 2)
+    size = np.array([ref[2] - ref[0], ref[3] - ref[1]] * 2)
+    x1, y1, x2, y2 = (int(v) for v in np.floor(centre + rel * size + 0.5))
+    return x1, max(0, y1), x2, y2
 
 
 def detect_full_res(frames: np.ndarray, detect: FaceDetector) -> list:
