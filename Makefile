@@ -36,6 +36,8 @@ test: setup
 bench: setup
 	$(BIN)/python bench/encoder_fps.py
 	$(BIN)/python bench/wav2lip_node.py
+	$(BIN)/python bench/generator_backends.py
+	$(BIN)/python bench/cold_avatar.py
 	$(BIN)/python bench/musetalk_node.py
 	$(BIN)/python bench/sync_overhead.py
 	$(BIN)/python bench/queue_throughput.py

@@ -7,7 +7,7 @@ A 720p base video (the demo avatar placed on a 1280x720 canvas) and synthetic sp
   node_warm_fps            frames/s of a whole render (`--engine wav2lip`) in a process that has
                            rendered before, the avatar prepared: what a worker sees
   node_cold_fps            the first render of a fresh process on an empty avatar cache (decode,
-                           S3FD on every base frame, first torch calls)
+                           S3FD on keyframes and tracking between them, first torch calls)
   warm_vs_generator        node_warm_fps / generator_fps (goal >= 0.87)
   peak_rss_mb_cold         peak RSS of the process that prepared the avatar (S3FD included)
   peak_rss_mb_short/long   peak RSS of a warm render process for --seconds / --long-seconds of speech

@@ -199,6 +199,8 @@ class Renderer:
         sync = fix_offset(done.sync, self.settings, output, speech)
         observe_attempts(attempts)
         timings |= done.stage_times
+        if "avatar_prep_s" in done.report:  # inside the lipsync stage's time; also a stage of its own
+            timings["avatar_prep"] = done.report["avatar_prep_s"]
         timings["total"] = round(time.perf_counter() - started, 3)
         kind = "lipsync" if done.stage == "lipsync" else "video"
         log.info("succeeded with %s/%s in %.2fs: %s", done.stage, done.provider, timings["total"], output)

@@ -107,13 +107,16 @@ def ffprobe() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings isolated in tmp_path, ignoring any developer .env, with the mock engine on."""
+def settings(tmp_path: Path, tmp_path_factory) -> Settings:
+    """Settings isolated in tmp_path, ignoring any developer .env, with the mock engine on. The
+    model cache (ONNX exports, keyed by checkpoint hash) is the session's: one export per checkpoint
+    per run, never in the developer's home."""
     return Settings(
         _env_file=None, weights_dir=tmp_path / "weights", output_dir=tmp_path / "out",
         temp_dir=tmp_path / "tmp", avatar_cache_dir=tmp_path / "cache" / "avatars",
         audio_cache_dir=tmp_path / "cache" / "audio", enable_mock_engine=True,
         video_encoder="libx264", x264_preset="ultrafast",
+        model_cache_dir=tmp_path_factory.getbasetemp() / "model-cache",
     )
 
 

@@ -208,7 +208,9 @@ class MuseTalkEngine:
 
     def frames(self, base: BaseVideo, speech: Speech, frame_count: int, batch_size: int,
                report: dict | None = None) -> Iterator[np.ndarray]:
+        t0 = time.perf_counter()
         avatar = self.prepare(base)
+        prepare_s = time.perf_counter() - t0
         fps = float(base.fps)
         stage = dict.fromkeys(("windows", "unet", "decode", "blend"), 0.0)
         t0 = time.perf_counter()
@@ -249,7 +251,7 @@ class MuseTalkEngine:
         if report is not None:
             report.update(passthrough_s=round(passthrough / fps, 3), source_mouth_s=round(silent / fps, 3),
                           faceless_base_frames=avatar.faceless_frames,
-                          avatar_cache="hit" if avatar.cache_hit else "miss",
+                          avatar_cache="hit" if avatar.cache_hit else "miss", avatar_prep_s=round(prepare_s, 3),
                           box_source="dwpose" if avatar.meta.get("dwpose_frames") else "s3fd")
 
     def _latents(self, avatar: PreparedAvatar, rows: np.ndarray):

@@ -56,13 +56,7 @@ from typing import Callable
 import numpy as np
 
 from node.avatars import BaseVideo
-from node.engines.face_track import (
-    CountingDetector,
-    FaceDetector,
-    detect_scaled,
-    release_freed_memory,
-    track_faces,
-)
+from node.engines.face_track import CountingDetector, FaceDetector, detect_scaled, release_freed_memory, track_faces
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,9 @@
     base video -> cached FaceTrack (S3FD boxes, smoothing, 96 x 96 crops), once per avatar
     per batch: crops + windows -> generator -> colour match -> feathered paste into the frame
 
+The generator runs on PyTorch or ONNX Runtime (WAV2LIP_BACKEND; the `auto` rule and the export
+cache are in node/engines/wav2lip_backends.py); `backend_name` and each render's report say which.
+
 Only one batch of frames exists at a time (peak memory does not grow with the speech), the
 encoder consumes a batch while the next is computed, and frames without a face or inside a
 pause keep their source pixels. The official weights are non-commercial (see LICENCES).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -24,19 +28,13 @@ from node.device import Placement, choose_placement
 from node.engines.base import Speech
 from node.engines.face_track import CROP_SIZE, FaceDetector, load_or_prepare, s3fd_detector, s3fd_identity
 from node.engines.speech_activity import frame_energy, mouth_weights
+from node.engines.wav2lip_backends import GeneratorBackend, generator_input, load_backend  # noqa: F401
+from node.once import one_at_a_time
 from node.weights import LICENCES, missing_weights_reason, wav2lip_checkpoint
 
 log = logging.getLogger(__name__)
 
-
-def generator_input(crops: np.ndarray) -> np.ndarray:
-    """(B, 96, 96, 3) uint8 BGR crops -> (B, 6, 96, 96) float32 [0, 1]: [lower half masked | full].
-
-    Both halves come from the same frame, as in the official inference (PIPELINES.md 1.4 #20-21)."""
-    faces = crops.astype(np.float32) / 255.0
-    masked = faces.copy()
-    masked[:, CROP_SIZE // 2:] = 0.0
-    return np.ascontiguousarray(np.concatenate([masked, faces], axis=3).transpose(0, 3, 1, 2))
+__all__ = ["Wav2LipEngine", "generator_input"]
 
 
 class Wav2LipEngine:
@@ -47,9 +45,12 @@ class Wav2LipEngine:
                  detector_id: str | None = None):
         self.weights_dir = Path(settings.weights_dir)
         self.cache_dir = Path(settings.avatar_cache_dir)
+        self.model_cache_dir = Path(settings.model_cache_dir)
         self._device_setting = settings.torch_device
+        self._backend_setting = settings.wav2lip_backend
         self._detector, self._detector_id = detector, detector_id
-        self._model = None
+        self._backend: GeneratorBackend | None = None
+        self.backend_reason: str | None = None
         self._placement: Placement | None = None
         self._lock = threading.Lock()  # one load, even with several jobs in threads
 
@@ -60,21 +61,19 @@ class Wav2LipEngine:
 
     def load(self) -> None:
         with self._lock:
-            if self._model is not None:
+            if self._backend is not None:
                 return
-            import torch
-
-            from models.wav2lip import load_wav2lip
-            from models.wav2lip.conv import fold_batchnorm
-
             self._placement = choose_placement(self._device_setting)
             path = wav2lip_checkpoint(self.weights_dir)
-            # Strict load of the official file first, then the inference-only rewrites.
-            model = fold_batchnorm(load_wav2lip(path, self._placement.device))
-            if self._placement.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            self._model = model
-            log.info("wav2lip loaded %s on %s (%s)", path.name, self._placement.device, self._placement.reason)
+            self._backend, self.backend_reason = load_backend(self._backend_setting, self._placement, path,
+                                                              self.model_cache_dir)
+            log.info("wav2lip loaded %s on %s (%s) with %s (%s)", path.name, self._placement.device,
+                     self._placement.reason, self._backend.name, self.backend_reason)
+
+    @property
+    def backend_name(self) -> str | None:
+        """"torch" or "onnxruntime" once loaded; None before."""
+        return self._backend.name if self._backend is not None else None
 
     def _detector_identity(self) -> str:
         """What the cached face tracks are keyed on: the injected detector's id, or the S3FD file."""
@@ -91,7 +90,8 @@ class Wav2LipEngine:
     def prepare(self, base: BaseVideo):
         """Build (or read) the avatar's cached face track; `avatar prepare` calls this ahead of time."""
         self.load()
-        return load_or_prepare(base, self._load_detector, self._detector_identity(), self.cache_dir)
+        with one_at_a_time(f"wav2lip:{base.key}"):  # slots meeting a new avatar prepare it once
+            return load_or_prepare(base, self._load_detector, self._detector_identity(), self.cache_dir)
 
     # --- rendering -------------------------------------------------------------------------------
 
@@ -100,7 +100,9 @@ class Wav2LipEngine:
         from models.face.blend import clip_box, lower_face_mask, match_colour, paste
         from models.wav2lip.audio import mel_windows, melspectrogram
 
+        t0 = time.perf_counter()
         track = self.prepare(base)
+        prepare_s = time.perf_counter() - t0
         fps = float(base.fps)
         windows = mel_windows(melspectrogram(speech.samples_16k), base.fps)
         # The official cut makes the video a few frames shorter than the audio; we keep every
@@ -129,18 +131,9 @@ class Wav2LipEngine:
         if report is not None:
             report.update(passthrough_s=round(passthrough / fps, 3), source_mouth_s=round(silent / fps, 3),
                           faceless_base_frames=track.faceless_frames,
-                          avatar_cache="hit" if track.cache_hit else "miss")
+                          avatar_cache="hit" if track.cache_hit else "miss", avatar_prep_s=round(prepare_s, 3),
+                          generator_backend=self.backend_name)
 
     def _generate(self, mel: np.ndarray, crops: np.ndarray) -> np.ndarray:
         """(B, 80, 16) mel windows + (B, 96, 96, 3) crops -> (B, 96, 96, 3) uint8 BGR mouths."""
-        import torch
-
-        placement = self._placement
-        face = torch.from_numpy(generator_input(crops)).to(placement.device)
-        audio = torch.from_numpy(np.ascontiguousarray(mel[:, None])).to(placement.device)
-        if placement.channels_last:
-            face = face.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=placement.fp16):
-            out = self._model(audio, face)
-        pred = out.float().permute(0, 2, 3, 1).cpu().numpy()
-        return np.clip(pred * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return self._backend.mouths(mel, crops)

@@ -174,7 +174,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
                QUEUE_BLOCK_MS=str(settings.queue_block_ms), PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
                RETRY_BASE_DELAY_S=str(settings.retry_base_delay_s),
                RETRY_MAX_DELAY_S=str(settings.retry_max_delay_s), MAX_JOB_ATTEMPTS=str(settings.max_job_attempts),
-               URL_ALLOWLIST=settings.url_allowlist,
+               URL_ALLOWLIST=settings.url_allowlist, MODEL_CACHE_DIR=str(settings.model_cache_dir),
                PYTHONPATH=str(REPO))
     if settings.inputs_dir:
         env["INPUTS_DIR"] = str(settings.inputs_dir)

@@ -15,6 +15,7 @@ from tests.checkpoints import random_state_dict, save, training_container
 from tests.conftest import make_speech, make_video
 from tests.node.engine_checks import assert_pauses_keep_the_source_mouth, open_base, speech_of
 from tests.node.test_render import assert_output_contract
+from tests.synthetic_face import face_shown, make_face_video
 
 BOX = (40, 30, 120, 110)  # x1, y1, x2, y2 in the 160x120 test video
 
@@ -28,20 +29,17 @@ def weights_dir(tmp_path_factory):
 
 
 class CountingDetector:
-    """A detector with a known answer: BOX on every frame except those in `faceless`."""
+    """A detector with a known answer, judged from the pixels it is shown: BOX, except where the
+    box is blacked out (make_face_video's faceless frames). It used to answer by call order, which
+    assumed it saw every frame; the face track now detects keyframes only and follows the face in
+    between, so a faceless frame must look faceless."""
 
-    def __init__(self, faceless=()):
-        self.calls, self.faceless = 0, set(faceless)
-        self.frame_offset = 0
+    def __init__(self):
+        self.calls = 0
 
     def __call__(self, frames):
         self.calls += 1
-        out = []
-        for k in range(len(frames)):
-            i = self.frame_offset + k
-            out.append(None if i in self.faceless else BOX)
-        self.frame_offset += len(frames)
-        return out
+        return [BOX if face_shown(frame, BOX) else None for frame in frames]
 
 
 def engine_for(settings, weights_dir, detector=None):
@@ -79,7 +77,8 @@ def test_render_with_wav2lip_meets_contract(tmp_path, settings, weights_dir, ffp
 
 
 def test_generated_mouth_changes_only_the_lower_face(tmp_path, settings, weights_dir, ffprobe):
-    base = open_base(make_video(tmp_path / "a.mp4", seconds=0.4), settings)
+    # a still face in BOX (frames between keyframes follow the pixels: the test pattern moves)
+    base = open_base(make_face_video(tmp_path / "a.mp4", BOX, seconds=0.4), settings)
     engine = engine_for(settings, weights_dir, CountingDetector())
     speech = speech_of(make_speech(tmp_path / "s.wav", 0.8, bursts=[(0.0, 0.8)]))
     out = np.concatenate(list(engine.frames(base, speech, 20, 8)))
@@ -95,8 +94,8 @@ def test_generated_mouth_changes_only_the_lower_face(tmp_path, settings, weights
 
 
 def test_faceless_frames_pass_through_and_are_reported(tmp_path, settings, weights_dir, ffprobe):
-    base = open_base(make_video(tmp_path / "a.mp4", seconds=0.4), settings)  # 10 frames
-    engine = engine_for(settings, weights_dir, CountingDetector(faceless={2, 3, 4}))
+    base = open_base(make_face_video(tmp_path / "a.mp4", BOX, seconds=0.4, faceless={2, 3, 4}), settings)  # 10 frames
+    engine = engine_for(settings, weights_dir, CountingDetector())
     speech = speech_of(make_speech(tmp_path / "s.wav", 0.8, bursts=[(0.0, 0.8)]))
     report = {}
     out = np.concatenate(list(engine.frames(base, speech, 20, 8, report)))
