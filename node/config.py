@@ -243,6 +243,9 @@ class Settings(BaseSettings):
     #: seconds; a worker loop (a slot between batches, or housekeeping) silent this long is wedged
     #: and the node DEFUNCT (liveness fails, so the orchestrator restarts it).
     loop_stall_timeout_s: float = Field(default=300.0, gt=0)
+    #: seconds a slot inside a job may go without a rendered batch (speech synthesis and a new
+    #: avatar's preparation come before the first) before the node is DEFUNCT.
+    render_stall_timeout_s: float = Field(default=1800.0, gt=0)
     #: `lipsync-node api`: the bearer token clients send (required: no token, no start), where it
     #: listens, and its port.
     api_token: SecretStr | None = None

@@ -9,8 +9,10 @@
 
 Liveness (`/healthz`) fails only when DEFUNCT, so an orchestrator restarts the process; readiness
 (`/readyz`) holds only when READY and the node's dependencies answer (node/health_server.py).
-Every slot loop ticks on each pass and on each rendered batch; a loop silent for longer than
-LOOP_STALL_TIMEOUT_S is wedged.
+Every worker loop ticks on each pass, and a rendering slot on each rendered batch. A loop silent
+for longer than LOOP_STALL_TIMEOUT_S is wedged; a slot inside a job gets RENDER_STALL_TIMEOUT_S,
+since speech synthesis or a new avatar's preparation may legitimately take minutes before the
+first batch.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ def is_device_fault(exc: BaseException) -> bool:
 class NodeStatus:
     """What the worker tells the health endpoints: thread-safe, cheap to read on every probe."""
 
-    def __init__(self, slots: int, *, stall_timeout_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, slots: int, *, stall_timeout_s: float, render_stall_timeout_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.slots, self.stall_timeout_s, self._clock = slots, stall_timeout_s, clock
+        self.render_stall_timeout_s = max(stall_timeout_s, render_stall_timeout_s or stall_timeout_s)
         self._lock = threading.Lock()
         self._busy = 0
+        self._rendering: set[str] = set()  # loops inside a job
         self._ready = False
         self._draining = False
         self._defunct: str | None = None
@@ -64,13 +69,17 @@ class NodeStatus:
     def loop_ended(self, loop: str) -> None:
         self._ticks.pop(loop, None)
 
-    def job_started(self) -> None:
+    def job_started(self, loop: str) -> None:
         with self._lock:
             self._busy += 1
+            self._rendering.add(loop)
+        self.tick(loop)
 
-    def job_ended(self) -> None:
+    def job_ended(self, loop: str) -> None:
         with self._lock:
             self._busy -= 1
+            self._rendering.discard(loop)
+        self.tick(loop)
 
     def drain(self) -> None:
         self._draining = True
@@ -89,9 +98,11 @@ class NodeStatus:
         if self._defunct:
             return self._defunct
         now = self._clock()
-        stalled = sorted(loop for loop, at in list(self._ticks.items()) if now - at > self.stall_timeout_s)
+        rendering = set(self._rendering)
+        stalled = sorted(loop for loop, at in list(self._ticks.items())
+                         if now - at > (self.render_stall_timeout_s if loop in rendering else self.stall_timeout_s))
         if stalled:
-            return f"loop(s) {', '.join(stalled)} silent for more than {self.stall_timeout_s:g}s"
+            return f"loop(s) {', '.join(stalled)} silent for too long (LOOP_STALL_TIMEOUT_S, RENDER_STALL_TIMEOUT_S)"
         return None
 
     def state(self) -> NodeState:

@@ -109,7 +109,8 @@ class Worker:
         self._stopping = threading.Event()
         # What /healthz and /readyz report; `models_ready=False` (the worker command) stays
         # STARTING until its warm-up calls `status.models_loaded()`.
-        self.status = NodeStatus(self.concurrency, stall_timeout_s=settings.loop_stall_timeout_s)
+        self.status = NodeStatus(self.concurrency, stall_timeout_s=settings.loop_stall_timeout_s,
+                                 render_stall_timeout_s=settings.render_stall_timeout_s)
         if models_ready:
             self.status.models_loaded()
         # consumer names: unique per process even when two processes are given one NODE_ID, so
@@ -209,11 +210,11 @@ class Worker:
                 log.warning("job %s failed: its holders went silent on every attempt", job.video_id)
                 self._final_webhook(job, "failed")
             elif outcome.claim is not None:
-                self.status.job_started()
+                self.status.job_started(owner)
                 try:
                     self._run(outcome.claim)
                 finally:
-                    self.status.job_ended()
+                    self.status.job_ended(owner)
         except BrokerError as e:  # the entry stays pending; XAUTOCLAIM brings it back
             log.warning("entry %s left pending: %s", entry.entry_id, e.message)
             self._draining.wait(backoff_delay(1, base_s=0.2, cap_s=1.0, rand=self._rand))

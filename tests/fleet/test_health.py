@@ -53,24 +53,31 @@ def endpoints(fleet_settings, queue):
 
 def test_states_follow_loading_slots_draining_and_faults():
     now = [0.0]
-    status = NodeStatus(2, stall_timeout_s=10, clock=lambda: now[0])
+    status = NodeStatus(2, stall_timeout_s=10, render_stall_timeout_s=60, clock=lambda: now[0])
     assert status.state() is NodeState.starting
     status.models_loaded()
     assert status.state() is NodeState.ready
-    status.job_started()
+    status.job_started("slot-0")
     assert status.state() is NodeState.ready  # one of two slots free
-    status.job_started()
+    status.job_started("slot-1")
     assert status.state() is NodeState.busy
-    status.job_ended()
-    status.tick("slot-0")
-    now[0] = 11.0  # the slot went silent for longer than the stall timeout: wedged
-    assert status.state() is NodeState.defunct and "slot-0" in status.defunct_reason()
+    now[0] = 11.0  # rendering slots may be silent longer (a new avatar, the speech): not wedged yet
+    assert status.state() is NodeState.busy
+    status.job_ended("slot-1")
+    now[0] = 22.0  # the idle slot-1 went silent past LOOP_STALL_TIMEOUT_S: wedged
+    assert status.state() is NodeState.defunct and "slot-1" in status.defunct_reason()
+    status.tick("slot-1")
+    assert status.state() is NodeState.ready
+    now[0] = 72.0  # and a rendering slot silent past RENDER_STALL_TIMEOUT_S is wedged too
+    status.tick("slot-1")
+    assert status.state() is NodeState.defunct and status.defunct_reason().startswith("loop(s) slot-0 ")
+    status.job_ended("slot-0")
     status.tick("slot-0")
     assert status.state() is NodeState.ready
     status.drain()
     assert status.state() is NodeState.draining
     status.mark_defunct("CUDA error: an illegal memory access was encountered")
-    assert status.as_dict() == {"state": "DEFUNCT", "slots": 2, "busy": 1,
+    assert status.as_dict() == {"state": "DEFUNCT", "slots": 2, "busy": 0,
                                 "defunct_reason": "CUDA error: an illegal memory access was encountered"}
 
 

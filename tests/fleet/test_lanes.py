@@ -93,7 +93,7 @@ def test_entries_that_reach_several_lanes_during_a_wait_are_given_back_but_one(q
     queue.submit(job_request(media, "b", priority="bulk"))
     queue.submit(job_request(media, "r", priority="rush"))
     monkeypatch.setitem(queue._scripts, "read", lambda keys, args: [])
-    before = queue.record("b").job and queue.client.hget(queue.keys.job("b"), "entry_id")
+    before = queue.client.hget(queue.keys.job("b"), "entry_id")
     # When the blocking read returns both
     entries = queue.read("slot-d", block_ms=100)
     # Then the slot keeps the rush one, and the bulk one is back on its lane for any slot at once
