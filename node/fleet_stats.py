@@ -25,10 +25,8 @@ import json
 import math
 from dataclasses import dataclass
 
-import redis
-
 from node.lanes import LANES
-from node.queue import GROUP, RedisQueue
+from node.queue import RedisQueue
 from node.redis_conn import redis_errors
 
 #: Spanish TTS at a normal rate: about 150 words a minute of about 6 characters with the space.
@@ -60,11 +58,6 @@ class Backlog:
                 "backlog_seconds": round(self.seconds, 1)}
 
 
-def keys(queue: RedisQueue) -> tuple[str, str, str, str]:
-    p = queue.keys.prefix
-    return queue.keys.results, f"{p}nodes", f"{p}node_slots", f"{p}backlog"
-
-
 def result_summary(node_id: str, result) -> dict:
     """A finished render's line in {p}results (finish.lua writes it with the job's outcome);
     `result` is a node.pipeline.RenderResult, or None when the render raised."""
@@ -75,38 +68,34 @@ def result_summary(node_id: str, result) -> dict:
 
 def renew_node(queue: RedisQueue, node_id: str, slots: int) -> None:
     """Count this node's slots as live for NODE_TTL_S more (housekeeping calls it)."""
-    _, nodes, node_slots, _ = keys(queue)
-    now_ms = queue.server_time_ms()
+    keys, now_ms = queue.keys, queue.server_time_ms()
     with redis_errors():
         pipe = queue.client.pipeline(transaction=False)
-        pipe.zadd(nodes, {node_id: now_ms + int(NODE_TTL_S * 1000)})
-        pipe.hset(node_slots, node_id, slots)
-        pipe.zremrangebyscore(nodes, "-inf", now_ms)
+        pipe.zadd(keys.nodes, {node_id: now_ms + int(NODE_TTL_S * 1000)})
+        pipe.hset(keys.node_slots, node_id, slots)
+        pipe.zremrangebyscore(keys.nodes, "-inf", now_ms)
         pipe.execute()
 
 
 def forget_node(queue: RedisQueue, node_id: str) -> None:
     """A node that stopped: its slots stop counting at once."""
-    _, nodes, node_slots, _ = keys(queue)
     with redis_errors():
-        queue.client.zrem(nodes, node_id)
-        queue.client.hdel(node_slots, node_id)
+        queue.client.zrem(queue.keys.nodes, node_id)
+        queue.client.hdel(queue.keys.node_slots, node_id)
 
 
 def live_slots(queue: RedisQueue) -> int:
-    _, nodes, node_slots, _ = keys(queue)
     with redis_errors():
-        live = queue.client.zrangebyscore(nodes, queue.server_time_ms(), "+inf")
-        counts = queue.client.hmget(node_slots, live) if live else []
+        live = queue.client.zrangebyscore(queue.keys.nodes, queue.server_time_ms(), "+inf")
+        counts = queue.client.hmget(queue.keys.node_slots, live) if live else []
     return sum(int(c or 0) for c in counts)
 
 
 def recent_results(queue: RedisQueue, window_s: float) -> list[dict]:
     """Finished renders of the last `window_s` seconds, oldest first, as dicts."""
-    results = keys(queue)[0]
     since_ms = queue.server_time_ms() - int(window_s * 1000)
     with redis_errors():
-        rows = queue.client.xrange(results, min=f"{since_ms}-0", max="+")
+        rows = queue.client.xrange(queue.keys.results, min=f"{since_ms}-0", max="+")
     out = []
     for entry_id, fields in rows:
         row = {k.decode(): v.decode() for k, v in fields.items()}
@@ -129,7 +118,7 @@ def backlog(queue: RedisQueue) -> Backlog:
     seconds = queued_s / (slot_speed * max(1, slots))
     result = Backlog(jobs, queued_s, slots, slot_speed, seconds)
     with redis_errors():
-        queue.client.set(keys(queue)[3], json.dumps(result.as_dict() | {"at_ms": queue.server_time_ms()}))
+        queue.client.set(queue.keys.backlog, json.dumps(result.as_dict() | {"at_ms": queue.server_time_ms()}))
     return result
 
 
@@ -138,20 +127,7 @@ def _queued_speech(queue: RedisQueue, audio_job_s: float) -> tuple[int, float]:
     jobs, seconds, scanned = 0, 0.0, 0
     with redis_errors():
         for lane in LANES:
-            stream = queue.keys.streams[lane]
-            try:
-                group = next((g for g in queue.client.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())),
-                             None)
-            except redis.ResponseError:  # no stream yet
-                continue
-            if group is None:
-                continue
-            last = group["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else last
-            budget = max(0, BACKLOG_SCAN_LIMIT - scanned)
-            rows = queue.client.xrange(stream, min=f"({last}", max="+", count=budget) if budget else []
-            lag = group.get("lag")
-            lane_jobs = int(lag) if lag is not None else len(rows)
+            lane_jobs, rows = queue.undelivered(lane, max(0, BACKLOG_SCAN_LIMIT - scanned))
             lane_seconds = sum(estimate_speech_s(fields.get(b"payload", b""), audio_job_s) for _, fields in rows)
             if rows and lane_jobs > len(rows):  # past the scan limit: extrapolate the mean
                 lane_seconds *= lane_jobs / len(rows)
@@ -175,7 +151,7 @@ def estimate_speech_s(payload: bytes, audio_job_s: float) -> float:
 def published_backlog(queue: RedisQueue) -> dict | None:
     """The backlog a node last stored in {p}backlog (what scrapes and other readers use)."""
     with redis_errors():
-        raw = queue.client.get(keys(queue)[3])
+        raw = queue.client.get(queue.keys.backlog)
     return json.loads(raw) if raw else None
 
 

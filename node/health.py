@@ -75,11 +75,10 @@ def node_health(settings: Settings, *, check_redis: bool = False, verify: bool =
 
 
 def _disk_rows(settings: Settings) -> list[dict]:
-    from node.health_server import free_disk_mb
+    from node.health_server import free_disk_mb, watched_dirs
 
     rows = []
-    for name, folder in {"temp": settings.temp_dir, "output": settings.output_dir,
-                         "avatar_cache": settings.avatar_cache_dir}.items():
+    for name, folder in watched_dirs(settings).items():
         free = free_disk_mb(folder)
         ok = free >= settings.min_free_disk_mb
         rows.append({"kind": "disk", "name": name, "ready": ok, "free_mb": round(free),

@@ -39,7 +39,7 @@ class ReadinessChecks:
 
     def __init__(self, settings: Settings, ping: Callable[[], object], clock: Callable[[], float] = time.monotonic):
         self.min_free_mb = settings.min_free_disk_mb
-        self.dirs = {"temp": settings.temp_dir, "output": settings.output_dir, "avatar_cache": settings.avatar_cache_dir}
+        self.dirs = watched_dirs(settings)
         self._ping, self._clock = ping, clock
         self._redis: tuple[float, str | None] = (float("-inf"), None)
 
@@ -66,6 +66,11 @@ class ReadinessChecks:
             problem = f"Redis unreachable: {type(e).__name__}"
         self._redis = (self._clock(), problem)
         return problem
+
+
+def watched_dirs(settings: Settings) -> dict[str, Path]:
+    """The folders a node writes to, whose free space MIN_FREE_DISK_MB bounds (readiness, health)."""
+    return {"temp": settings.temp_dir, "output": settings.output_dir, "avatar_cache": settings.avatar_cache_dir}
 
 
 def free_disk_mb(folder: Path) -> float:

@@ -112,6 +112,12 @@ def is_url(value: str | None) -> bool:
     return bool(value) and value.lower().startswith(URL_PREFIXES)
 
 
+def url_for_logs(url: str) -> str:
+    """A URL for messages and logs: scheme and host only (paths and queries may carry tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or parts.netloc}"
+
+
 def input_roots(avatars_dir: Path | None, inputs_dir: Path | None) -> list[Path]:
     """The folders a queued job's local files may be in: AVATARS_DIR, INPUTS_DIR, bundled avatars."""
     from node.avatars import BUNDLED_DIR

@@ -21,7 +21,7 @@ import httpx
 
 from node.config import Settings
 from node.errors import InvalidInput, RenderFailed
-from node.input_guard import Allowlist, check_url, pinned
+from node.input_guard import Allowlist, check_url, pinned, url_for_logs
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def fetch_input(url: str, workdir: Path, kind: str, settings: Settings) -> Path:
         _fetch_s3(url, dest, kind, limit, settings)
     else:
         _fetch_http(url, dest, kind, limit, Allowlist.parse(settings.url_allowlist))
-    log.info("%s fetched from %s (%d bytes)", kind, _where(url), dest.stat().st_size)
+    log.info("%s fetched from %s (%d bytes)", kind, url_for_logs(url), dest.stat().st_size)
     return dest
 
 
@@ -58,12 +58,12 @@ def _fetch_http(url: str, dest: Path, kind: str, limit: int, allowlist: Allowlis
         with httpx.Client(timeout=timeout, follow_redirects=False) as client, \
                 client.stream("GET", target, headers=headers, extensions=extensions) as response:
             if response.is_redirect:
-                raise InvalidInput("input_redirect", f"{kind}: {_where(url)} answered with a redirect; give the "
+                raise InvalidInput("input_redirect", f"{kind}: {url_for_logs(url)} answered with a redirect; give the "
                                    "final URL (redirects are not followed)")
             if response.status_code >= 500:
-                raise InputUnavailable(f"{kind}: {_where(url)} answered HTTP {response.status_code}")
+                raise InputUnavailable(f"{kind}: {url_for_logs(url)} answered HTTP {response.status_code}")
             if response.status_code >= 400:
-                raise InvalidInput("input_not_found", f"{kind}: {_where(url)} answered HTTP {response.status_code}")
+                raise InvalidInput("input_not_found", f"{kind}: {url_for_logs(url)} answered HTTP {response.status_code}")
             _check_type(response.headers.get("Content-Type", ""), kind, url)
             _check_size(response.headers.get("Content-Length"), kind, limit)
             written = 0
@@ -74,7 +74,7 @@ def _fetch_http(url: str, dest: Path, kind: str, limit: int, allowlist: Allowlis
                         raise _too_large(kind, limit)
                     out.write(chunk)
     except httpx.HTTPError as e:
-        raise InputUnavailable(f"{kind}: {_where(url)} unreachable: {type(e).__name__}") from e
+        raise InputUnavailable(f"{kind}: {url_for_logs(url)} unreachable: {type(e).__name__}") from e
 
 
 def _fetch_s3(url: str, dest: Path, kind: str, limit: int, settings: Settings) -> None:
@@ -101,7 +101,7 @@ def _fetch_s3(url: str, dest: Path, kind: str, limit: int, settings: Settings) -
 def _check_type(content_type: str, kind: str, url: str) -> None:
     main = content_type.split(";")[0].strip().lower()
     if not main.startswith(ACCEPTED_TYPES[kind]):
-        raise InvalidInput("input_wrong_type", f"{kind}: {_where(url)} is {main or 'untyped'}, not "
+        raise InvalidInput("input_wrong_type", f"{kind}: {url_for_logs(url)} is {main or 'untyped'}, not "
                            f"{' or '.join(t.rstrip('/') for t in ACCEPTED_TYPES[kind][:2])}")
 
 
@@ -112,9 +112,3 @@ def _check_size(length, kind: str, limit: int) -> None:
 
 def _too_large(kind: str, limit: int) -> InvalidInput:
     return InvalidInput("input_too_large", f"{kind} is larger than {limit >> 20} MiB (INPUT_MAX_MB)")
-
-
-def _where(url: str) -> str:
-    """A URL for messages and logs: scheme and host (paths and queries may carry tokens)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or parts.netloc}"

@@ -125,6 +125,8 @@ class Keys:
         self.stream, self.running, self.delayed = f"{prefix}stream", f"{prefix}running", f"{prefix}delayed"
         self.dlq, self.finished, self.refusals = f"{prefix}dlq", f"{prefix}finished", f"{prefix}refusals"
         self.results = f"{prefix}results"
+        # the fleet's live slots and published backlog (node/fleet_stats.py)
+        self.nodes, self.node_slots, self.backlog = f"{prefix}nodes", f"{prefix}node_slots", f"{prefix}backlog"
         # The normal lane keeps the stream name it had before lanes, so entries queued then are read.
         self.streams = {lane: self.stream if lane is Priority.normal else f"{prefix}stream:{lane.value}"
                         for lane in LANES}

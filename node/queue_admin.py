@@ -62,20 +62,26 @@ class QueueAdmin:
                     pass
         return total
 
+    def undelivered(self, lane, limit: int = 0) -> tuple[int, list]:
+        """(how many entries of `lane` no slot has read yet, the first `limit` of them)."""
+        stream = self.keys.streams[lane]
+        try:
+            group = next((g for g in self.client.xinfo_groups(stream) if as_str(g["name"]) == GROUP), None)
+        except redis.ResponseError:  # no stream yet
+            group = None
+        if group is None:
+            return 0, []
+        lag = group.get("lag")
+        # Redis cannot tell the lag after deletions inside the stream: the entries are counted then
+        count = limit if lag is not None else max(limit, 100_000)
+        rows = self.client.xrange(stream, f"({as_str(group['last-delivered-id'])}", "+", count=count) if count else []
+        return (int(lag) if lag is not None else len(rows)), rows[:limit]
+
     def depths(self) -> dict[tuple[str, str], int]:
         """Jobs by where they are: ("queued", lane) not yet read by any slot, and ("delayed",
         "all"), ("running", "all"), ("dlq", "all")."""
-        out = {}
         with redis_errors():
-            for lane, stream in self.keys.streams.items():
-                try:
-                    group = next((g for g in self.client.xinfo_groups(stream) if as_str(g["name"]) == GROUP), None)
-                except redis.ResponseError:  # no stream yet
-                    group = None
-                lag = group.get("lag") if group else 0
-                if lag is None:  # Redis cannot tell after deletions inside the stream: count them
-                    lag = len(self.client.xrange(stream, f"({as_str(group['last-delivered-id'])}", "+", count=100_000))
-                out[("queued", lane.value)] = int(lag)
+            out = {("queued", lane.value): self.undelivered(lane)[0] for lane in self.keys.streams}
             for name in ("delayed", "running", "dlq"):
                 out[(name, "all")] = int(self.client.zcard(getattr(self.keys, name)))
         return out

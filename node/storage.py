@@ -14,11 +14,12 @@ logged or stored; `S3_ENDPOINT_URL` points at MinIO, Ceph, R2 or a test server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from node.config import Settings
 from node.errors import InvalidInput, RenderFailed
@@ -153,21 +154,13 @@ def s3_client(settings: Settings):
                         config=config)
 
 
-class _store_errors:
-    """botocore's errors as StorageUnavailable (naming the operation, never a credential)."""
+@contextlib.contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """botocore's errors as StorageUnavailable, naming the operation (never a credential)."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, StorageUnavailable):
-            return False
-        from botocore.exceptions import BotoCoreError, ClientError
-        from boto3.exceptions import S3UploadFailedError
-
-        if isinstance(exc, (BotoCoreError, ClientError, S3UploadFailedError)):
-            raise StorageUnavailable(f"S3 {self.what} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
-        return False
+    try:
+        yield
+    except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+        raise StorageUnavailable(f"S3 {what} failed: {type(e).__name__}: {str(e)[:200]}") from e

@@ -22,14 +22,13 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
 from node.backoff import retry_after_delay
 from node.errors import InvalidInput
-from node.input_guard import Allowlist, check_url, pinned
+from node.input_guard import Allowlist, check_url, pinned, url_for_logs
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +49,6 @@ def sign(secret: bytes, body: bytes) -> str:
 def verify(secret: bytes, body: bytes, header: str | None) -> bool:
     """What a receiver does (used by the tests): constant-time compare over the raw body."""
     return header is not None and hmac.compare_digest(sign(secret, body), header)
-
-
-def _where(url: str) -> str:
-    """A webhook URL for logs: scheme and host only (paths and queries may carry tokens)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}"
 
 
 @dataclass
@@ -93,7 +86,7 @@ class WebhookSender:
         with self._cond:
             if self._closing or len(self._heap) >= MAX_QUEUED:
                 self.dropped += 1
-                log.warning("webhook %s to %s dropped: sender %s", event, _where(url),
+                log.warning("webhook %s to %s dropped: sender %s", event, url_for_logs(url),
                             "closed" if self._closing else "queue full")
                 return False
             heapq.heappush(self._heap, (time.monotonic(), next(self._seq), _Delivery(url, event, body)))
@@ -150,7 +143,7 @@ class WebhookSender:
             # private address now (DNS rebinding since the submit) is never posted to.
             address = check_url(d.url, self._allowlist)
         except InvalidInput as e:
-            log.warning("webhook %s to %s dropped: %s", d.event, _where(d.url), e.code)
+            log.warning("webhook %s to %s dropped: %s", d.event, url_for_logs(d.url), e.code)
             self.dropped += 1
             return None
         url, host_headers, extensions = pinned(d.url, address)
@@ -161,17 +154,17 @@ class WebhookSender:
                 return None
             reason = f"HTTP {response.status_code}"
             if response.status_code != 429 and response.status_code < 500:
-                log.warning("webhook %s to %s rejected: %s; not retried", d.event, _where(d.url), reason)
+                log.warning("webhook %s to %s rejected: %s; not retried", d.event, url_for_logs(d.url), reason)
                 self.dropped += 1
                 return None
             retry_after = response.headers.get("Retry-After")
         except httpx.HTTPError as e:
             reason = type(e).__name__
         if d.attempt >= self._max_attempts:
-            log.warning("webhook %s to %s failed %d times (%s); dropped", d.event, _where(d.url), d.attempt, reason)
+            log.warning("webhook %s to %s failed %d times (%s); dropped", d.event, url_for_logs(d.url), d.attempt, reason)
             self.dropped += 1
             return None
         delay = retry_after_delay(retry_after, d.attempt, base_s=self._base_delay_s, cap_s=RETRY_CAP_S,
                                   rand=self._rand)
-        log.info("webhook %s to %s: %s; retry %d in %.2fs", d.event, _where(d.url), reason, d.attempt, delay)
+        log.info("webhook %s to %s: %s; retry %d in %.2fs", d.event, url_for_logs(d.url), reason, d.attempt, delay)
         return delay

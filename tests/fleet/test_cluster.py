@@ -70,8 +70,8 @@ def cluster_settings(fleet_settings, cluster_url):
 def test_every_key_of_a_fleet_is_in_one_slot():
     keys = Keys("lipsync:")
     names = [keys.job("v1"), keys.idem("k"), keys.lock("cleanup"), keys.running, keys.delayed, keys.dlq,
-             keys.finished, keys.refusals, keys.results, *keys.streams.values(), f"{keys.prefix}nodes",
-             f"{keys.prefix}node_slots", f"{keys.prefix}backlog", keys.job("entry:1-0")]
+             keys.finished, keys.refusals, keys.results, *keys.streams.values(), keys.nodes, keys.node_slots,
+             keys.backlog, keys.job("entry:1-0")]
     assert keys.prefix == "{lipsync}:" and len({key_slot(n.encode()) for n in names}) == 1
     assert Keys("{shard-7}:jobs:").prefix == "{shard-7}:jobs:"  # an operator's own tag is kept
 

@@ -4,9 +4,6 @@ fails is retried, and the worker keeps serving."""
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 import boto3
 import pytest
 
@@ -16,53 +13,42 @@ from node.pipeline import Renderer
 from node.records import JobState
 from node.worker import renderer_render
 from tests.fleet.conftest import job_request, wait_for
+from tests.mocks._server import MockProvider, Reply
 
 
-class Origin:
-    """A loopback web server: path -> (status, content type, body, extra headers)."""
+class Origin(MockProvider):
+    """A loopback web server (the provider mocks' server): path -> Reply."""
 
-    def __init__(self, routes: dict):
+    name = "origin"
+
+    def __init__(self, routes: dict[str, Reply]):
+        super().__init__()
         self.routes = routes
-        origin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                status, ctype, body, extra = origin.routes.get(self.path, (404, "text/plain", b"no", {}))
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                if "Content-Length" not in extra:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def route(self, request) -> str:
+        return request.path
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def handle(self, route: str, request) -> Reply:
+        return self.routes.get(route, Reply(404, b"no", content_type="text/plain"))
 
 
 @pytest.fixture
 def origin(media):
     speech, avatar = media["speech"].read_bytes(), media["avatar"].read_bytes()
-    server = Origin({
-        "/speech.wav": (200, "audio/wav", speech, {}),
-        "/avatar.mp4": (200, "video/mp4", avatar, {}),
-        "/page.wav": (200, "text/html", b"<html></html>", {}),
-        "/noise.wav": (200, "audio/wav", b"\x00\x01" * 5000, {}),
-        "/moved.wav": (302, "text/plain", b"", {"Location": "/speech.wav"}),
-        "/huge.wav": (200, "audio/wav", b"", {"Content-Length": str(600 << 20)}),
-        "/busy.wav": (503, "text/plain", b"later", {}),
-    })
-    yield server
-    server.close()
+    with Origin({
+        "/speech.wav": Reply(200, speech, content_type="audio/wav"),
+        "/avatar.mp4": Reply(200, avatar, content_type="video/mp4"),
+        "/page.wav": Reply(200, b"<html></html>", content_type="text/html"),
+        "/noise.wav": Reply(200, b"\x00\x01" * 5000, content_type="audio/wav"),
+        "/moved.wav": Reply(302, b"", {"Location": "/speech.wav"}, content_type="text/plain"),
+        # 2 MiB sent chunked, with no length to check first: the cap must hold while reading
+        "/huge.wav": Reply(200, b"\x00" * (2 << 20), content_type="audio/wav", chunked=True),
+        # and 2 MiB with its length declared: refused before a byte is read
+        "/declared.wav": Reply(200, b"\x00" * (2 << 20), content_type="audio/wav"),
+        "/busy.wav": Reply(503, b"later", content_type="text/plain"),
+    }) as server:
+        server.base = server.url
+        yield server
 
 
 def test_a_job_whose_audio_and_avatar_are_urls_renders(queue, media, fleet_settings, start_worker, origin):
@@ -79,10 +65,12 @@ def test_a_job_whose_audio_and_avatar_are_urls_renders(queue, media, fleet_setti
     ("/moved.wav", "input_redirect"),
     ("/missing.wav", "input_not_found"),
     ("/huge.wav", "input_too_large"),
+    ("/declared.wav", "input_too_large"),
     ("/noise.wav", "audio_unreadable"),  # the right type, but not audio: the media checks still run
 ])
 def test_bad_urls_are_the_clients_input(queue, media, fleet_settings, start_worker, origin, path, code):
-    start_worker(renderer_render(Renderer(fleet_settings)))
+    settings = fleet_settings.model_copy(update={"input_max_mb": 1})
+    start_worker(renderer_render(Renderer(settings)), settings)
     queue.submit(job_request(media, "bad-url") | {"audio": f"{origin.base}{path}"})
     queue.submit(job_request(media, "after"))
     record = wait_for(lambda: (r := queue.record("bad-url")) and r.terminal and r, 30, "the bad job")
